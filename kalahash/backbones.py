@@ -1,0 +1,292 @@
+"""Frozen CLIP backbones: one factory over open_clip names, tags, local files and our built-ins.
+
+The factory returns a :class:`Backbone` whose image tower has its fused attention split into
+explicit q, k, v and out projections, so that adapters (``kalahash.lora``) can wrap any of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+# Built-in pre-trained models that ship with the package: name -> (open_clip config, weights file).
+BUILTIN_WEIGHTS: dict[str, tuple[str, Path]] = {
+    "tiny-shapes": ("tiny-shapes", WEIGHTS_DIR / "tiny-shapes.safetensors"),
+}
+RANDOM = "random"
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+class SplitAttention(nn.Module):
+    """Multi-head self-attention with separate q, k, v and out projections.
+
+    A drop-in replacement for ``nn.MultiheadAttention`` as open_clip calls it. The projections always
+    see batch-first tensors ``(batch, tokens, width)`` with the class token at index 0, whatever the
+    layout of the module it replaces; adapters rely on that.
+    """
+
+    def __init__(self, width: int, num_heads: int, batch_first: bool = True) -> None:
+        super().__init__()
+        if width % num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.batch_first = batch_first
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width)
+        self.v_proj = nn.Linear(width, width)
+        self.out_proj = nn.Linear(width, width)
+
+    @classmethod
+    def from_fused(cls, mha: nn.MultiheadAttention) -> SplitAttention:
+        if not mha._qkv_same_embed_dim or mha.in_proj_bias is None or mha.bias_k is not None:
+            raise ValueError("only self-attention with a fused, biased in_proj can be split")
+        width = mha.embed_dim
+        split = cls(width, mha.num_heads, mha.batch_first).to(
+            device=mha.in_proj_weight.device, dtype=mha.in_proj_weight.dtype
+        )
+        with torch.no_grad():
+            for i, proj in enumerate((split.q_proj, split.k_proj, split.v_proj)):
+                proj.weight.copy_(mha.in_proj_weight[i * width : (i + 1) * width])
+                proj.bias.copy_(mha.in_proj_bias[i * width : (i + 1) * width])
+            split.out_proj.weight.copy_(mha.out_proj.weight)
+            split.out_proj.bias.copy_(mha.out_proj.bias)
+        split.train(mha.training)
+        return split
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
+        need_weights: bool = False,
+        attn_mask: torch.Tensor | None = None,
+        **_: Any,
+    ) -> tuple[torch.Tensor, None]:
+        key = query if key is None else key
+        value = query if value is None else value
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        batch, tokens, width = query.shape
+        heads = self.num_heads
+
+        def split_heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, -1, heads, width // heads).transpose(1, 2)
+
+        q = split_heads(self.q_proj(query))
+        k = split_heads(self.k_proj(key))
+        v = split_heads(self.v_proj(value))
+        if attn_mask is not None and attn_mask.dtype != torch.bool:
+            attn_mask = attn_mask.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, tokens, width))
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, None
+
+
+def split_attention(module: nn.Module) -> int:
+    """Replace every fused ``nn.MultiheadAttention`` under ``module`` in place; return how many."""
+    count = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.MultiheadAttention):
+            setattr(module, name, SplitAttention.from_fused(child))
+            count += 1
+        else:
+            count += split_attention(child)
+    return count
+
+
+def state_fingerprint(module: nn.Module) -> str:
+    """A short hash of a module's parameters and buffers, to tie checkpoints to exact weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class Backbone:
+    """A CLIP model ready for adaptation: image tower (split attention), text tower, tokenizer, preprocess."""
+
+    name: str
+    pretrained: str
+    model: nn.Module
+    tokenizer: Callable[..., torch.Tensor]
+    preprocess: Callable[[Any], torch.Tensor]
+    embed_dim: int
+    width: int
+    fingerprint: str
+    _knowledge_cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.model.visual
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.visual.transformer.resblocks
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.model.visual.image_size)
+
+    @torch.no_grad()
+    def text_knowledge(self, classnames: list[str], template: str = "a photo of a {}.") -> torch.Tensor:
+        """Class-text knowledge K (C x embed): raw ``encode_text`` of prompts, unnormalised (notes: Model)."""
+        if not classnames:
+            raise ValueError("classnames is empty: give at least one class name")
+        if "{}" not in template:
+            raise ValueError(f"template must contain '{{}}' for the class name, got {template!r}")
+        key = (tuple(classnames), template)
+        if key not in self._knowledge_cache:
+            tokens = self.tokenizer([template.format(c) for c in classnames]).to(self.device)
+            was_training = self.model.training
+            self.model.eval()
+            self._knowledge_cache[key] = self.model.encode_text(tokens).float()
+            self.model.train(was_training)
+        return self._knowledge_cache[key].clone()
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw projected CLS features (not normalised), as the hash head sees them."""
+        return self.model.encode_image(images)
+
+
+def _close_matches(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=5, cutoff=0.5)
+    return f" Close matches: {', '.join(close)}." if close else ""
+
+
+def available_models() -> list[str]:
+    return sorted(set(open_clip.list_models()) | set(BUILTIN_WEIGHTS))
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    return os.sep in pretrained or pretrained.endswith(_CHECKPOINT_SUFFIXES) or Path(pretrained).exists()
+
+
+def _check_checkpoint(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint file {str(path)!r} does not exist. Pass the path of a CLIP weights file "
+            "(.pt, .bin or .safetensors) or an open_clip pretrained tag."
+        )
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint file {str(path)!r} is empty (0 bytes): download it again")
+
+
+def _offline_message(name: str, tag: str) -> str:
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    sources = [
+        s for s in (cfg.get("hf_hub") and f"Hugging Face hub repo {cfg['hf_hub']}", cfg.get("url")) if s
+    ]
+    where = " or ".join(sources) if sources else "its source"
+    return (
+        f"could not download the pretrained weights '{tag}' for model '{name}' from {where}. "
+        "Are you offline? On a machine with internet, download the weights file, copy it here and pass "
+        f"its path instead: load_backbone({name!r}, pretrained='/path/to/weights.bin'). "
+        "Without weights, pretrained=None gives a randomly initialised model."
+    )
+
+
+def load_backbone(
+    name: str,
+    pretrained: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> Backbone:
+    """Build a CLIP backbone by open_clip name with a tag, a local checkpoint, or random weights.
+
+    Parameters
+    ----------
+    name : an open_clip model name (``"ViT-B-32"``), our test config ``"tiny"``, or a built-in
+        pre-trained model (``"tiny-shapes"``, shipped weights). ``available_models()`` lists them.
+    pretrained : an open_clip tag (``"openai"``), a path to a weights file, or ``None``: random
+        weights for an open_clip name, the shipped weights for a built-in. ``"random"`` forces random.
+    device : where to put the model; CPU by default.
+
+    Returns
+    -------
+    Backbone, in eval mode, every parameter frozen, image-tower attention split into q/k/v/out.
+    """
+    models = available_models()
+    if name not in models:
+        raise ValueError(f"unknown backbone {name!r}.{_close_matches(name, models)} See available_models().")
+    tag: str | None = None if pretrained is None else os.fspath(pretrained)
+    config = name
+    if name in BUILTIN_WEIGHTS and tag is None:
+        config, weights = BUILTIN_WEIGHTS[name]
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"the built-in weights of {name!r} are missing ({weights}); reinstall kalahash or "
+                "recreate them with `kalahash pretrain-tiny`"
+            )
+        tag = str(weights)
+    if tag == RANDOM:
+        tag = None
+
+    kwargs: dict[str, Any] = {}
+    if tag is not None and _looks_like_path(tag):
+        _check_checkpoint(Path(tag))
+    elif tag is not None:
+        tags = open_clip.list_pretrained_tags_by_model(config)
+        if tag not in tags:
+            known = ", ".join(tags) if tags else "none (use a local weights file or pretrained=None)"
+            raise ValueError(
+                f"unknown pretrained tag {tag!r} for {name!r}.{_close_matches(tag, tags)} Known tags: {known}"
+            )
+        if open_clip.get_pretrained_cfg(config, tag).get("quick_gelu"):
+            kwargs["force_quick_gelu"] = True
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*QuickGELU mismatch.*")
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                config, pretrained=tag, device=device, **kwargs
+            )
+    except Exception as err:  # re-raised below with what to do; the cause stays chained
+        if tag is not None and _looks_like_path(tag):
+            raise ValueError(
+                f"could not load checkpoint {tag!r} for {name!r}: the file is corrupt or does not hold "
+                f"weights of this architecture ({type(err).__name__}: {err}). Download it again or check "
+                "the model name."
+            ) from err
+        if tag is not None:
+            raise RuntimeError(_offline_message(config, tag)) from err
+        raise
+    fingerprint = state_fingerprint(model)  # of the weights as open_clip stores them, before the split
+    if split_attention(model.visual) == 0:
+        raise ValueError(f"{name!r} has no ViT attention to adapt; kalahash needs a ViT image tower")
+    model.eval().requires_grad_(False)
+    tokenizer = open_clip.get_tokenizer(config)
+    transformer = model.visual.transformer
+    return Backbone(
+        name=name,
+        pretrained=RANDOM if tag is None else (str(Path(tag).name) if _looks_like_path(tag) else tag),
+        model=model,
+        tokenizer=tokenizer,
+        preprocess=preprocess,
+        embed_dim=model.visual.output_dim,
+        width=transformer.width,
+        fingerprint=fingerprint,
+    )

@@ -1,0 +1,128 @@
+import copy
+
+import open_clip
+import pytest
+import torch
+
+from kalahash.backbones import SplitAttention, load_backbone, split_attention, state_fingerprint
+
+
+@pytest.mark.parametrize("name,size", [("tiny", 32), ("ViT-B-32", 224)])
+def test_split_attention_matches_fused(name, size):
+    torch.manual_seed(0)
+    fused = open_clip.create_model(name).eval()
+    split = copy.deepcopy(fused)
+    n_blocks = len(fused.visual.transformer.resblocks)
+    assert split_attention(split.visual) == n_blocks
+    assert all(isinstance(b.attn, SplitAttention) for b in split.visual.transformer.resblocks)
+    images = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        expected = fused.encode_image(images)
+        got = split.encode_image(images)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_split_attention_handles_sequence_first_layout():
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(16, 4, batch_first=False).eval()
+    split = SplitAttention.from_fused(mha)
+    x = torch.randn(5, 2, 16)  # (tokens, batch, width)
+    torch.testing.assert_close(split(x, x, x)[0], mha(x, x, x, need_weights=False)[0], atol=1e-6, rtol=1e-5)
+
+
+def test_projections_see_batch_first_tokens(tiny_backbone):
+    seen = []
+    proj = tiny_backbone.blocks[-1].attn.k_proj
+    handle = proj.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape))
+    try:
+        tiny_backbone.encode_image(torch.randn(2, 3, 32, 32))
+    finally:
+        handle.remove()
+    assert seen == [torch.Size([2, 17, 64])]  # 16 patches + CLS, width 64
+
+
+def test_tiny_backbone_fields(tiny_backbone):
+    b = tiny_backbone
+    assert (b.embed_dim, b.width, b.image_size, b.pretrained) == (64, 64, (32, 32), "random")
+    assert not any(p.requires_grad for p in b.model.parameters())
+    assert len(b.fingerprint) == 16
+    feats = b.encode_image(torch.randn(4, 3, 32, 32))
+    assert feats.shape == (4, 64)
+
+
+def test_text_knowledge_is_raw_and_cached(tiny_backbone):
+    k = tiny_backbone.text_knowledge(["cat", "dog", "ship"])
+    assert k.shape == (3, 64) and k.dtype == torch.float32
+    assert not torch.allclose(k.norm(dim=1), torch.ones(3))  # not L2-normalised
+    first = k[0].clone()
+    k[0] = 0  # a returned copy: the cache stays intact
+    torch.testing.assert_close(tiny_backbone.text_knowledge(["cat", "dog", "ship"])[0], first)
+    torch.testing.assert_close(tiny_backbone.text_knowledge(["cat"])[0], first, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="classnames is empty"):
+        tiny_backbone.text_knowledge([])
+    with pytest.raises(ValueError, match="template"):
+        tiny_backbone.text_knowledge(["cat"], template="a photo")
+
+
+def test_local_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(1)
+    fused = open_clip.create_model("tiny")
+    path = tmp_path / "tiny.pt"
+    torch.save(fused.state_dict(), path)
+    torch.manual_seed(2)
+    reloaded = load_backbone("tiny", pretrained=path)
+    assert reloaded.fingerprint == state_fingerprint(fused)
+    assert reloaded.pretrained == "tiny.pt"
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reloaded.encode_image(images), fused.eval().encode_image(images), atol=1e-5, rtol=1e-5
+        )
+    assert load_backbone("tiny").fingerprint != reloaded.fingerprint  # random init differs
+
+
+def test_fingerprint_tracks_weights(tiny_backbone):
+    model = copy.deepcopy(tiny_backbone.model)
+    before = state_fingerprint(model)
+    with torch.no_grad():
+        model.visual.proj[0, 0] += 1e-3
+    assert state_fingerprint(model) != before
+
+
+def test_unknown_model_names_close_matches():
+    with pytest.raises(ValueError, match=r"unknown backbone 'ViT-B-23'.*ViT-B-32"):
+        load_backbone("ViT-B-23")
+
+
+def test_unknown_tag_lists_known_tags():
+    with pytest.raises(ValueError, match=r"unknown pretrained tag 'opena1'.*openai"):
+        load_backbone("ViT-B-32", pretrained="opena1")
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_backbone("tiny", pretrained=tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a checkpoint at all" * 10])
+def test_corrupt_checkpoint(tmp_path, content):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="empty|corrupt"):
+        load_backbone("tiny", pretrained=path)
+
+
+def test_wrong_architecture_checkpoint(tmp_path):
+    path = tmp_path / "tiny.pt"
+    torch.save(open_clip.create_model("tiny").state_dict(), path)
+    with pytest.raises(ValueError, match="does not hold weights of this architecture"):
+        load_backbone("tiny-shapes", pretrained=path)
+
+
+def test_offline_download_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(
+        RuntimeError, match=r"(?s)could not download.*'openai'.*ViT-B-32.*pretrained='/path/to"
+    ):
+        load_backbone("ViT-B-32", pretrained="openai")
