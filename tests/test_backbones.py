@@ -109,7 +109,7 @@ def test_missing_checkpoint(tmp_path):
 def test_corrupt_checkpoint(tmp_path, content):
     path = tmp_path / "broken.pt"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match="empty|corrupt"):
+    with pytest.raises(ValueError, match=r"empty|corrupt"):
         load_backbone("tiny", pretrained=path)
 
 

@@ -1,0 +1,382 @@
+"""The ``kalahash`` command: the Python API's main entry points with the same names and defaults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .experiments import DEFAULT_CACHE, DEFAULT_RESULTS, METHODS, ExperimentConfig
+
+_DEFAULTS = ExperimentConfig()
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _hyperparameters(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --hp expects KEY=VALUE (e.g. --hp rank=4), got {pair!r}")
+        out[key] = _parse_value(value)
+    return out
+
+
+def _add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
+    """Options shared by ``run`` and ``sweep``; with ``many`` the grid options take several values."""
+    nargs = "+" if many else None
+    p.add_argument(
+        "--dataset",
+        default=_DEFAULTS.dataset,
+        help="data set name: shapes, shapes-multi (built-in offline worlds), cifar10, nuswide, coco, "
+        "folder, listfile (default: %(default)s)",
+    )
+    p.add_argument(
+        "--data-root", default=None, help="folder holding the data set (not needed for built-in worlds)"
+    )
+    p.add_argument(
+        "--shots",
+        type=int,
+        nargs=nargs,
+        default=[_DEFAULTS.shots] if many else _DEFAULTS.shots,
+        help="labelled images per class (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bits",
+        type=int,
+        nargs=nargs,
+        default=[_DEFAULTS.bits] if many else _DEFAULTS.bits,
+        help="hash code length (default: %(default)s)",
+    )
+    if many:
+        p.add_argument(
+            "--methods",
+            nargs="+",
+            default=list(METHODS),
+            choices=METHODS,
+            help="methods to compare (default: all)",
+        )
+    else:
+        p.add_argument(
+            "--method",
+            default=_DEFAULTS.method,
+            choices=METHODS,
+            help="lb: lock backbone, fft: full fine-tuning, lora: plain LoRA, clora: CLoRA, "
+            "kalahash: CLoRA + KIDDO (default: %(default)s)",
+        )
+    p.add_argument(
+        "--loss",
+        default=_DEFAULTS.loss,
+        help="hashing loss: dpsh, hashnet, csq, orthohash, mdsh (default: %(default)s)",
+    )
+    p.add_argument(
+        "--backbone",
+        default=_DEFAULTS.backbone,
+        help="open_clip model name (ViT-B-32, ...) or built-in tiny-shapes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        help="open_clip pretrained tag (e.g. openai) or a local weights file; default: the built-in "
+        "weights for tiny-shapes, random init otherwise",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[_DEFAULTS.seed],
+        help="seeds (few-shot sample and training); several give mean ± std (default: %(default)s)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=_DEFAULTS.epochs, help="training epochs (default: %(default)s)"
+    )
+    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="SGD learning rate (default: %(default)s)")
+    p.add_argument(
+        "--hp",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one method hyperparameter, e.g. --hp rank=4 --hp strength=0.3 (repeatable)",
+    )
+    p.add_argument("--topk", type=int, default=None, help="mAP@K cut-off (default: the data set's protocol)")
+    p.add_argument(
+        "--ties",
+        default="index",
+        choices=("index", "average"),
+        help="tie rule of mAP: database index order, or the exact average over tie orders",
+    )
+    _add_run_options(p)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--results", default=str(DEFAULT_RESULTS), help="results table, CSV (default: %(default)s)"
+    )
+    p.add_argument(
+        "--cache",
+        default=str(DEFAULT_CACHE),
+        help="frozen-prefix token cache folder; 'none' disables it (default: %(default)s)",
+    )
+    p.add_argument("--force", action="store_true", help="run even if the results table has this config")
+    p.add_argument(
+        "--allow-failed-check", action="store_true", help="run on data whose integrity check failed"
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "results": args.results,
+        "cache": None if args.cache == "none" else args.cache,
+        "force": args.force,
+        "allow_failed_check": args.allow_failed_check,
+        "device": args.device,
+        "progress": not args.quiet,
+    }
+
+
+def _base_config(args: argparse.Namespace, **extra: Any) -> ExperimentConfig:
+    return ExperimentConfig(
+        dataset=args.dataset,
+        data_root=args.data_root,
+        loss=args.loss,
+        backbone=args.backbone,
+        pretrained=args.pretrained,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        hyperparameters=_hyperparameters(args.hp),
+        topk=args.topk,
+        ties=args.ties,
+        **extra,
+    )
+
+
+def _print_table(table: Any) -> None:
+    import pandas as pd
+
+    with pd.option_context(
+        "display.max_columns", 20, "display.width", 160, "display.float_format", "{:.4f}".format
+    ):
+        print(table.to_string(index=False))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .experiments import run_experiment, summarize
+
+    if args.checkpoint and len(args.seeds) > 1:
+        raise SystemExit("error: --checkpoint takes a single seed")
+    base = _base_config(args, shots=args.shots, bits=args.bits, method=args.method)
+    rows = []
+    for seed in args.seeds:
+        row = run_experiment(
+            replace(base, seed=seed), checkpoint=args.checkpoint, resume=args.resume, **_run_kwargs(args)
+        )
+        status = "stored result (use --force to rerun)" if row["skipped"] else "done"
+        print(f"seed {seed}: mAP@{row['map_at']} = {row['map']:.4f} ({row['ties_rule']} ties) [{status}]")
+        rows.append(row)
+    if len(rows) > 1:
+        _print_table(summarize(pd.DataFrame(rows)))
+    print(f"results table: {args.results}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .experiments import run_sweep, summarize
+
+    base = _base_config(args)
+    grid = {"shots": args.shots, "bits": args.bits, "method": args.methods, "seed": args.seeds}
+    rows = run_sweep(base, grid, **_run_kwargs(args))
+    _print_table(summarize(rows))
+    print(f"results table: {args.results}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .backbones import load_backbone
+    from .data import load_dataset
+    from .train import evaluate, load_checkpoint, restore_hasher
+
+    payload = load_checkpoint(args.checkpoint)
+    experiment = payload.get("experiment", {})
+    dataset = args.dataset or experiment.get("dataset")
+    if dataset is None:
+        raise SystemExit("error: this checkpoint does not name its data set: pass --dataset")
+    data_root = args.data_root or experiment.get("data_root")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    backbone_info = payload["backbone"]
+    backbone = load_backbone(
+        backbone_info["name"], args.pretrained or experiment.get("pretrained"), device=device
+    )
+    hasher = restore_hasher(payload, backbone)
+    data = load_dataset(dataset, data_root, seed=experiment.get("split_seed", 0))
+    scores = evaluate(hasher, data, topk=args.topk, ties=args.ties, progress=not args.quiet)
+    print(
+        f"mAP@{scores['map_topk']} = {scores['map']:.4f} ({args.ties} ties); "
+        + ", ".join(f"{k} = {v:.4f}" for k, v in scores.items() if k.startswith("p_at_"))
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .experiments import run_demo
+
+    print(
+        "KALAHash demo on the built-in offline world: synthetic 32x32 shapes and a tiny CLIP pre-trained on "
+        "them (kalahash/weights). Its numbers show the method at work on this world; they are not comparable "
+        "to the paper's CIFAR-10 / NUS-WIDE / MS-COCO results."
+    )
+    table = run_demo(
+        args.out,
+        args.results,
+        shots=args.shots,
+        bits=args.bits,
+        epochs=args.epochs,
+        seed=args.seed,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    _print_table(table)
+    print(
+        f"figures: {args.out}/demo_map.png, .pdf; table: {args.out}/demo_results.csv; all rows: {args.results}"
+    )
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from .data import check_data, load_dataset
+
+    data = load_dataset(args.dataset, args.data_root, seed=args.split_seed)
+    check = check_data(data, progress=not args.quiet)
+    print(check.report())
+    return 0 if check.ok else 1
+
+
+def cmd_pretrain_tiny(args: argparse.Namespace) -> int:
+    from .pretrain import pretrain_tiny
+
+    info = pretrain_tiny(args.output, seed=args.seed, steps=args.steps)
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .backbones import load_backbone
+    from .train import load_checkpoint, restore_hasher
+
+    payload = load_checkpoint(args.checkpoint)
+    backbone = load_backbone(
+        payload["backbone"]["name"], args.pretrained or payload.get("experiment", {}).get("pretrained")
+    )
+    hasher = restore_hasher(payload, backbone)
+    merged = hasher.merged()
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(merged.state_dict(), out)
+    print(f"wrote {out}: {payload['method']} with its adapters folded into the weights")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kalahash",
+        description="Knowledge-anchored low-resource adaptation of CLIP for deep hashing (KALAHash, AAAI 2025).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "demo", help="LB, FFT, LoRA and KALAHash on the built-in offline world (minutes on a CPU)"
+    )
+    p.add_argument("--out", default="figures", help="folder for figures and the table (default: %(default)s)")
+    p.add_argument("--results", default=str(DEFAULT_RESULTS), help="results table (default: %(default)s)")
+    p.add_argument("--shots", type=int, default=1, help="(default: %(default)s)")
+    p.add_argument("--bits", type=int, default=16, help="(default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=100, help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=42, help="(default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="rerun even if the results table has these runs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="train and evaluate one setting (one or several seeds)")
+    _add_setting_args(p, many=False)
+    p.add_argument("--checkpoint", default=None, help="write the trained parts here after every epoch")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "sweep", help="a grid over shots x bits x methods x seeds; prints mean ± std per setting"
+    )
+    _add_setting_args(p, many=True)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint written by `kalahash run --checkpoint`")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", default=None, help="default: the checkpoint's data set")
+    p.add_argument("--data-root", default=None, help="default: the checkpoint's data root")
+    p.add_argument("--pretrained", default=None, help="backbone weights, if not the checkpoint's")
+    p.add_argument("--topk", type=int, default=None)
+    p.add_argument("--ties", default="index", choices=("index", "average"))
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("check-data", help="verify a data set's files, splits, duplicates and overlaps")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_check_data)
+
+    p = sub.add_parser(
+        "pretrain-tiny", help="re-create the built-in tiny-shapes CLIP weights (~10 min on 2 cores)"
+    )
+    p.add_argument("--output", default="kalahash/weights/tiny-shapes.safetensors")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="default: the script's documented length")
+    p.set_defaults(func=cmd_pretrain_tiny)
+
+    p = sub.add_parser("export", help="fold plain-LoRA adapters into the weights of a checkpoint's model")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--pretrained", default=None)
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("shots", "bits", "epochs", "batch_size"):
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and value <= 0:
+                print(
+                    f"error: --{name.replace('_', '-')} must be a positive integer, got {value}",
+                    file=sys.stderr,
+                )
+                return 2
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

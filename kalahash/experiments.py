@@ -1,0 +1,360 @@
+"""Run one paper setting, or a sweep, and keep every result as a traceable row of a tidy table."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from . import __version__
+from .presets import LORA_BASELINE, preset
+from .train import PrefixCache, TrainConfig, _atomic_write, evaluate, fit, save_checkpoint
+
+DEFAULT_RESULTS = Path("results/results.csv")
+DEFAULT_CACHE = Path("cache/prefix")
+METHODS = ("lb", "fft", "lora", "clora", "kalahash")
+# Which preset hyperparameters each method uses; the rest of a preset does not apply to it.
+_METHOD_KEYS = {
+    "lb": (),
+    "fft": (),
+    "lora": ("rank", "strength"),
+    "clora": ("rank", "strength"),
+    "kalahash": ("rank", "strength", "kiddo_alpha", "kiddo_beta", "kiddo_gamma"),
+}
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One run: data set and shots, code length, method and loss, backbone, seed and training length.
+
+    ``seed`` draws the few-shot sample and seeds training; the query/database split of a data set is
+    fixed (``split_seed``) so every method and seed is scored on the same images. ``hyperparameters``
+    override the preset of the setting (``kalahash.presets``).
+    """
+
+    dataset: str = "shapes"
+    data_root: str | None = None
+    shots: int = 1
+    bits: int = 16
+    method: str = "kalahash"
+    loss: str = "dpsh"
+    backbone: str = "tiny-shapes"
+    pretrained: str | None = None
+    seed: int = 42
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 0.01
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    topk: int | None = None
+    ties: str = "index"
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("shots", "bits", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.ties not in ("index", "average"):
+            raise ValueError(f"ties must be 'index' or 'average', got {self.ties!r}")
+        object.__setattr__(self, "hyperparameters", dict(self.hyperparameters))
+
+    def resolved_hparams(self) -> tuple[dict[str, Any], str]:
+        """The hyperparameters this run uses and where they come from (preset source or 'given')."""
+        keys = _METHOD_KEYS[self.method]
+        if self.method == "lora":
+            base, source = dict(LORA_BASELINE), "release default config"
+        elif keys:
+            p = preset(self.dataset, self.shots, self.bits)
+            base, source = {k: p.hparams[k] for k in keys}, p.source
+        else:
+            base, source = {}, "none needed"
+        if self.method != "kalahash":
+            base["loss"] = self.loss
+        elif self.loss != "dpsh":
+            base["loss"] = self.loss  # KIDDO with another similarity loss: plug-and-play
+        base.update(self.hyperparameters)
+        if self.hyperparameters:
+            source += "; overridden: " + ", ".join(sorted(self.hyperparameters))
+        return base, source
+
+    def to_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["hyperparameters"] = json.dumps(self.hyperparameters, sort_keys=True)
+        return row
+
+    @property
+    def config_id(self) -> str:
+        """Identifies a run by everything that determines its result."""
+        return hashlib.sha256(json.dumps(self.to_row(), sort_keys=True, default=str).encode()).hexdigest()[
+            :12
+        ]
+
+
+def _git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def provenance(device: torch.device | str | None = None) -> dict[str, str]:
+    """Where a number came from: code version, library versions, machine."""
+    import open_clip
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return {
+        "git_commit": _git_commit(),
+        "kalahash_version": __version__,
+        "torch_version": torch.__version__,
+        "open_clip_version": open_clip.__version__,
+        "python_version": platform.python_version(),
+        "device": device_name,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The results table
+
+
+class _Locked:
+    """An exclusive lock on ``<path>.lock`` so that concurrent writers take turns."""
+
+    def __init__(self, path: Path):
+        self.lock_path = path.with_name(path.name + ".lock")
+
+    def __enter__(self) -> None:
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.lock_path, "a")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def read_results(path: str | os.PathLike = DEFAULT_RESULTS) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame()
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def append_result(row: Mapping[str, Any], path: str | os.PathLike = DEFAULT_RESULTS) -> None:
+    """Append one row atomically; two processes appending at once both land, the file stays whole."""
+    path = Path(path)
+    with _Locked(path):
+        table = pd.concat([read_results(path), pd.DataFrame([dict(row)])], ignore_index=True)
+        _atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+
+
+def find_result(config: ExperimentConfig, path: str | os.PathLike = DEFAULT_RESULTS) -> dict[str, Any] | None:
+    table = read_results(path)
+    if table.empty or "config_id" not in table:
+        return None
+    hits = table[table["config_id"] == config.config_id]
+    return None if hits.empty else hits.iloc[-1].to_dict()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Running
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    *,
+    results: str | os.PathLike | None = DEFAULT_RESULTS,
+    force: bool = False,
+    cache: PrefixCache | str | os.PathLike | None = DEFAULT_CACHE,
+    splits_dir: str | os.PathLike = "results/splits",
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    allow_failed_check: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train and evaluate one configuration; return its row and append it to ``results``.
+
+    A configuration already in ``results`` is not run again (its stored row comes back with
+    ``skipped=True``) unless ``force``. Data whose integrity check failed is refused unless
+    ``allow_failed_check``. ``cache`` is a :class:`PrefixCache` or its folder (``None``: no cache).
+    """
+    from .backbones import load_backbone
+    from .data import check_data, few_shot_split, load_dataset
+    from .hashing import build_hasher
+
+    if results is not None and not force:
+        stored = find_result(cfg, results)
+        if stored is not None:
+            return {**stored, "skipped": True}
+    device = _device(device)
+    if cache is not None and not isinstance(cache, PrefixCache):
+        cache = PrefixCache(cache)
+    data = load_dataset(cfg.dataset, cfg.data_root, seed=cfg.split_seed)
+    check = check_data(data, progress=progress)
+    if not check.ok and not allow_failed_check:
+        raise ValueError(
+            f"the data check of {cfg.dataset!r} failed:\n{check.report()}\nFix the data, or pass "
+            "allow_failed_check=True (CLI: --allow-failed-check) to run anyway."
+        )
+    train_set = few_shot_split(data, cfg.shots, seed=cfg.seed, out_dir=splits_dir)
+    hparams, hparams_source = cfg.resolved_hparams()
+    torch.manual_seed(cfg.seed)
+    backbone = load_backbone(cfg.backbone, cfg.pretrained, device=device)
+    hasher = build_hasher(cfg.method, backbone, data.classnames, cfg.bits, **hparams)
+    train_config = TrainConfig(
+        epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(train_set)), lr=cfg.lr, seed=cfg.seed
+    )
+    trained = fit(
+        hasher, train_set, train_config, cache=cache, checkpoint=checkpoint, resume=resume, progress=progress
+    )
+    began = time.perf_counter()
+    scores = evaluate(hasher, data, topk=cfg.topk, cache=cache, ties=cfg.ties, progress=progress)
+    counts = hasher.parameter_counts()
+    row = {
+        "config_id": cfg.config_id,
+        **cfg.to_row(),
+        "hparams_used": json.dumps(hparams, sort_keys=True),
+        "hparams_source": hparams_source,
+        "train_images": len(train_set),
+        "map": scores["map"],
+        "map_at": scores["map_topk"],
+        "ties_rule": scores["ties"],
+        **{k: v for k, v in scores.items() if k.startswith("p_at_")},
+        "train_seconds": round(trained.seconds, 3),
+        "eval_seconds": round(time.perf_counter() - began, 3),
+        "trainable_params": counts["total_trainable"],
+        "backbone_fingerprint": backbone.fingerprint,
+        "data_fingerprint": check.fingerprint,
+        "data_check_ok": check.ok,
+        **provenance(device),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if checkpoint is not None:
+        save_checkpoint(
+            checkpoint,
+            hasher,
+            epoch=cfg.epochs,
+            history=trained.history,
+            seconds=trained.seconds,
+            train_config=asdict(train_config),
+            experiment=cfg.to_row(),
+            result_row=row,
+        )
+    if results is not None:
+        append_result(row, results)
+    return {**row, "skipped": False}
+
+
+def expand_grid(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]]) -> list[ExperimentConfig]:
+    """Every combination of the grid's values over ``base`` (keys are ExperimentConfig fields)."""
+    names = {f.name for f in fields(ExperimentConfig)}
+    unknown = sorted(set(grid) - names)
+    if unknown:
+        raise ValueError(f"unknown grid keys {unknown}; allowed: {', '.join(sorted(names))}")
+    keys = list(grid)
+    return [
+        replace(base, **dict(zip(keys, values, strict=True))) for values in itertools.product(*grid.values())
+    ]
+
+
+def run_sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], **kwargs: Any) -> pd.DataFrame:
+    """Run every configuration of a grid (seeds included), sharing one prefix cache; return the rows."""
+    rows = [run_experiment(cfg, **kwargs) for cfg in expand_grid(base, grid)]
+    return pd.DataFrame(rows)
+
+
+def summarize(
+    rows: pd.DataFrame, by: Iterable[str] = ("dataset", "shots", "bits", "method"), value: str = "map"
+) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of ``value`` for each group, with a 'mean ± std' column."""
+    by = list(by)
+    grouped = rows.groupby(by, sort=False)[value]
+    table = grouped.agg(mean="mean", std="std", seeds="count").reset_index()
+    table["std"] = table["std"].fillna(0.0)
+    table[f"{value} (mean ± std)"] = [
+        f"{m:.4f} ± {s:.4f}" for m, s in zip(table["mean"], table["std"], strict=True)
+    ]
+    return table
+
+
+def seeds_summary(rows: pd.DataFrame) -> dict[str, float]:
+    values = rows["map"].to_numpy(dtype=float)
+    return {
+        "map_mean": float(values.mean()),
+        "map_std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        "seeds": len(values),
+    }
+
+
+DEMO_METHODS = ("lb", "fft", "lora", "kalahash")
+
+
+def run_demo(
+    out_dir: str | os.PathLike = "figures",
+    results: str | os.PathLike = DEFAULT_RESULTS,
+    *,
+    dataset: str = "shapes",
+    shots: int = 1,
+    bits: int = 16,
+    epochs: int = 100,
+    seed: int = 42,
+    force: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """The README's main job: LB, FFT, plain LoRA and KALAHash on the built-in offline world."""
+    from .plots import bar_by_method, save_figure, save_table
+
+    base = ExperimentConfig(dataset=dataset, shots=shots, bits=bits, epochs=epochs, seed=seed)
+    rows = pd.DataFrame(
+        [
+            run_experiment(replace(base, method=m), results=results, force=force, progress=progress)
+            for m in DEMO_METHODS
+        ]
+    )
+    table = rows[
+        ["method", "map", "map_at", "p_at_100", "train_seconds", "trainable_params", "hparams_source"]
+    ]
+    save_table(rows, "demo_results", out_dir=out_dir)
+    title = f"{dataset}, {shots}-shot, {bits} bits (offline world, tiny CLIP)"
+    summary = rows.rename(columns={"map": "mean"}).assign(std=0.0)
+    save_figure(bar_by_method(summary, title), "demo_map", rows, out_dir=out_dir)
+    return table

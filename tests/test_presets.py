@@ -1,0 +1,58 @@
+import pytest
+
+from kalahash.presets import PRESET_BITS, PRESET_SHOTS, preset, preset_table
+
+
+def test_released_values_match_the_release():
+    p = preset("cifar10", 1, 16)
+    assert p.released and p.source == "released"
+    assert p.hparams == {
+        "rank": 1,
+        "strength": 1.0,
+        "kiddo_alpha": 0.1,
+        "kiddo_beta": 1.0,
+        "kiddo_gamma": 3.0,
+    }
+    assert preset("nuswide", 8, 16).hparams["rank"] == 8
+    assert preset("coco", 4, 16).hparams == {
+        "rank": 2,
+        "strength": 0.3,
+        "kiddo_alpha": 0.001,
+        "kiddo_beta": 0.1,
+        "kiddo_gamma": 1.0,
+    }
+
+
+@pytest.mark.parametrize(
+    "dataset,shots,bits,reason",
+    [
+        ("cifar10", 1, 32, "16 bits"),
+        ("cifar10", 16, 16, "released 8-shot"),
+        ("nuswide", 3, 16, "released 2-shot"),
+        ("shapes", 1, 16, "borrowed from cifar10"),
+        ("shapes-multi", 2, 64, "borrowed from nuswide"),
+    ],
+)
+def test_values_that_are_not_released_are_marked_ours(dataset, shots, bits, reason):
+    p = preset(dataset, shots, bits)
+    assert not p.released
+    assert p.source.startswith("ours") and reason in p.source
+
+
+def test_table_covers_every_setting_the_notebooks_use():
+    table = preset_table()
+    settings = {(p.dataset, p.shots, p.bits) for p in table}
+    for dataset in ("cifar10", "nuswide", "coco", "shapes", "shapes-multi"):
+        for shots in PRESET_SHOTS:
+            for bits in PRESET_BITS:
+                assert (dataset, shots, bits) in settings
+    assert sum(p.released for p in table) == 12  # 3 data sets x 4 shot counts at 16 bits
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="no presets for dataset 'imagenet'.*cifar10"):
+        preset("imagenet", 1, 16)
+    with pytest.raises(ValueError, match="shots must be a positive integer"):
+        preset("cifar10", 0, 16)
+    with pytest.raises(ValueError, match="bits must be a positive integer"):
+        preset("cifar10", 1, -16)
