@@ -192,6 +192,23 @@ def find_result(config: ExperimentConfig, path: str | os.PathLike = DEFAULT_RESU
 # Running
 
 
+def checked_data(data: Any, cache_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+    """The integrity check of a data set, run once per set of splits and remembered by fingerprint.
+
+    Opening every file of NUS-WIDE or MS-COCO takes minutes, so a sweep reuses the stored verdict for
+    the same lists (same ids and labels); ``kalahash check-data`` always checks afresh.
+    """
+    from .data import check_data, data_fingerprint
+
+    path = Path(cache_dir) / f"{data.name}-{data_fingerprint(data)[:20]}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    check = check_data(data, progress=progress)
+    record = {"ok": check.ok, "fingerprint": check.fingerprint, "report": check.report()}
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+    return record
+
+
 def _device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -218,7 +235,7 @@ def run_experiment(
     ``allow_failed_check``. ``cache`` is a :class:`PrefixCache` or its folder (``None``: no cache).
     """
     from .backbones import load_backbone
-    from .data import check_data, few_shot_split, load_dataset
+    from .data import few_shot_split, load_dataset
     from .hashing import build_hasher
 
     if results is not None and not force:
@@ -229,13 +246,14 @@ def run_experiment(
     if cache is not None and not isinstance(cache, PrefixCache):
         cache = PrefixCache(cache)
     data = load_dataset(cfg.dataset, cfg.data_root, seed=cfg.split_seed)
-    check = check_data(data, progress=progress)
-    if not check.ok and not allow_failed_check:
+    check = checked_data(data, Path(splits_dir).parent / "data_checks", progress=progress)
+    if not check["ok"] and not allow_failed_check:
         raise ValueError(
-            f"the data check of {cfg.dataset!r} failed:\n{check.report()}\nFix the data, or pass "
+            f"the data check of {cfg.dataset!r} failed:\n{check['report']}\nFix the data, or pass "
             "allow_failed_check=True (CLI: --allow-failed-check) to run anyway."
         )
-    train_set = few_shot_split(data, cfg.shots, seed=cfg.seed, out_dir=splits_dir)
+    split_dir = Path(splits_dir) / f"{cfg.dataset}-split{cfg.split_seed}"
+    train_set = few_shot_split(data, cfg.shots, seed=cfg.seed, out_dir=split_dir)
     hparams, hparams_source = cfg.resolved_hparams()
     torch.manual_seed(cfg.seed)
     backbone = load_backbone(cfg.backbone, cfg.pretrained, device=device)
@@ -263,8 +281,8 @@ def run_experiment(
         "eval_seconds": round(time.perf_counter() - began, 3),
         "trainable_params": counts["total_trainable"],
         "backbone_fingerprint": backbone.fingerprint,
-        "data_fingerprint": check.fingerprint,
-        "data_check_ok": check.ok,
+        "data_fingerprint": check["fingerprint"],
+        "data_check_ok": check["ok"],
         **provenance(device),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
