@@ -6,6 +6,8 @@ import pytest
 import torch
 
 torch.set_flush_denormal(True)
+# The test models are tiny: one thread is as fast, and it never oversubscribes a loaded machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

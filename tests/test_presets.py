@@ -50,7 +50,7 @@ def test_table_covers_every_setting_the_notebooks_use():
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match="no presets for dataset 'imagenet'.*cifar10"):
+    with pytest.raises(ValueError, match=r"no presets for dataset 'imagenet'.*cifar10"):
         preset("imagenet", 1, 16)
     with pytest.raises(ValueError, match="shots must be a positive integer"):
         preset("cifar10", 0, 16)

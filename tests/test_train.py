@@ -1,0 +1,225 @@
+import numpy as np
+import pytest
+import torch
+
+from kalahash.backbones import load_backbone
+from kalahash.data import ImageList, RetrievalData
+from kalahash.hashing import build_hasher
+from kalahash.metrics import mean_average_precision
+from kalahash.train import (
+    PrefixCache,
+    TrainConfig,
+    encode,
+    evaluate,
+    fit,
+    load_checkpoint,
+    restore_hasher,
+    save_checkpoint,
+)
+
+CLASSES = ["red circle", "blue square", "green triangle"]
+
+
+def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three visibly different classes: a bright channel per class plus noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    images = rng.integers(0, 60, size=(n, 32, 32, 3), dtype=np.uint8)
+    images[np.arange(n), :, :, y] += 180
+    labels = np.eye(3, dtype=np.uint8)[y]
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def data() -> RetrievalData:
+    qi, ql = _images(12, 1)
+    ti, tl = _images(24, 2)
+    di, dl = _images(48, 3)
+    return RetrievalData(
+        "toy",
+        CLASSES,
+        ImageList(qi, ql, [f"q{i}" for i in range(12)]),
+        ImageList(ti, tl, [f"t{i}" for i in range(24)]),
+        ImageList(di, dl, [f"d{i}" for i in range(48)]),
+        topk=None,
+    )
+
+
+def _hasher(method: str = "kalahash", seed: int = 0, **hp):
+    torch.manual_seed(seed)
+    backbone = load_backbone("tiny")
+    torch.manual_seed(seed + 100)
+    return build_hasher(method, backbone, CLASSES, 8, rank=2, **hp)
+
+
+def _state(hasher) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in hasher.trained_state().items()}
+
+
+def test_fit_trains_and_reports_history(data):
+    hasher = _hasher()
+    before = _state(hasher)
+    result = fit(hasher, data.train, epochs=3, progress=False)
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert all(np.isfinite(row["loss"]) for row in result.history)
+    after = _state(hasher)
+    for key in ("head.linear.weight", "visual.knowledge_pool.F.weight", "anchors.linear.weight"):
+        assert not torch.equal(before[key], after[key]), key
+    assert not torch.equal(before["criterion.B"], after["criterion.B"])  # the B-step ran
+    assert int(hasher.epochs_done) == 3
+
+
+def test_cached_and_naive_training_agree(data, tmp_path):
+    naive, cached = _hasher(), _hasher()
+    cache = PrefixCache(tmp_path / "cache")
+    fit(naive, data.train, epochs=2, progress=False)
+    fit(cached, data.train, epochs=2, cache=cache, progress=False)
+    for key, value in _state(naive).items():
+        torch.testing.assert_close(_state(cached)[key], value, atol=1e-4, rtol=1e-4, msg=key)
+    codes_naive = encode(naive, data.database, progress=False)
+    codes_cached = encode(cached, data.database, cache=cache, progress=False)
+    assert codes_naive.dtype == np.int8 and codes_naive.shape == (48, 8)
+    assert (codes_naive == codes_cached).mean() > 0.99
+
+
+def test_prefix_cache_is_reused_and_keyed(data, tmp_path):
+    hasher = _hasher()
+    cache = PrefixCache(tmp_path)
+    start = hasher.trainable_from
+    assert start == hasher.num_blocks - 1  # adapters in the last block only
+    first = cache.tokens(hasher, data.database, start, progress=False)
+    again = cache.tokens(hasher, data.database, start, progress=False)
+    assert (cache.misses, cache.hits) == (1, 1)
+    torch.testing.assert_close(first, again)
+    with torch.no_grad():
+        direct = hasher.prefix_tokens(
+            torch.stack([data.database.with_transform(hasher.backbone.preprocess)[i][0] for i in range(4)]),
+            start,
+        )
+    torch.testing.assert_close(first[:4], direct, atol=1e-5, rtol=1e-5)
+    other = data.database.subset(np.arange(10))
+    assert cache.key(hasher, other, start) != cache.key(hasher, data.database, start)
+    assert cache.key(hasher, data.database, start - 1) != cache.key(hasher, data.database, start)
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+
+
+def test_fft_never_uses_the_cache(data, tmp_path):
+    hasher = _hasher("fft")
+    cache = PrefixCache(tmp_path)
+    assert hasher.trainable_from == 0
+    fit(hasher, data.train, epochs=1, cache=cache, progress=False)
+    encode(hasher, data.query, cache=cache, progress=False)
+    assert cache.misses == cache.hits == 0
+
+
+def test_resume_reaches_the_same_result(data, tmp_path, monkeypatch):
+    full = _hasher()
+    fit(full, data.train, epochs=4, progress=False)
+
+    killed = _hasher()
+    ckpt = tmp_path / "run.ckpt"
+    calls = {"n": 0}
+    original = killed.end_epoch
+
+    def end_epoch_then_die():
+        original()
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed after epoch 2's checkpoint, during epoch 3's bookkeeping
+
+    monkeypatch.setattr(killed, "end_epoch", end_epoch_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fit(killed, data.train, epochs=4, checkpoint=ckpt, progress=False)
+    assert load_checkpoint(ckpt)["epoch"] == 2
+
+    resumed = _hasher()
+    result = fit(resumed, data.train, epochs=4, checkpoint=ckpt, resume=True, progress=False)
+    assert result.resumed_from_epoch == 2 and len(result.history) == 4
+    for key, value in _state(full).items():
+        torch.testing.assert_close(_state(resumed)[key], value, atol=1e-6, rtol=1e-6, msg=key)
+
+
+def test_resume_refuses_other_settings(data, tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+    fit(_hasher(), data.train, epochs=1, checkpoint=ckpt, progress=False)
+    with pytest.raises(ValueError, match="training settings"):
+        fit(_hasher(), data.train, epochs=1, lr=0.5, checkpoint=ckpt, resume=True, progress=False)
+
+
+def test_non_finite_loss_names_epoch_and_step(data, monkeypatch):
+    hasher = _hasher("lb")
+    original = hasher.loss_on_batch
+    calls = {"n": 0}
+
+    def loss_on_batch(u, labels, idx):
+        calls["n"] += 1
+        loss, parts = original(u, labels, idx)
+        return (loss * float("nan"), parts) if calls["n"] == 5 else (loss, parts)
+
+    monkeypatch.setattr(hasher, "loss_on_batch", loss_on_batch)
+    with pytest.raises(FloatingPointError, match=r"nan at epoch 2, step 2"):
+        fit(hasher, data.train, epochs=3, progress=False)  # 24 images / batch 8 = 3 steps an epoch
+
+
+def test_bad_training_input(data):
+    with pytest.raises(ValueError, match="fewer than batch_size=8"):
+        fit(_hasher(), data.train.subset(np.arange(5)), progress=False)
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        fit(_hasher(), data.train, epochs=0, progress=False)
+    with pytest.raises(ValueError, match="lr must be positive"):
+        TrainConfig(lr=0)
+    wide = ImageList(data.train.images, np.eye(4, dtype=np.uint8)[np.arange(24) % 4])
+    with pytest.raises(ValueError, match="4 columns, the hasher 3 classes"):
+        fit(_hasher(), wide, progress=False)
+
+
+def test_checkpoint_holds_only_trained_parts_and_checks_the_backbone(data, tmp_path):
+    hasher = _hasher()
+    fit(hasher, data.train, epochs=1, progress=False)
+    path = save_checkpoint(tmp_path / "h.ckpt", hasher)
+    payload = load_checkpoint(path)
+    n_saved = sum(v.numel() for v in payload["trained_state"].values())
+    n_backbone = sum(p.numel() for p in hasher.backbone.model.parameters())
+    assert n_saved < n_backbone / 10
+    assert not any(k.startswith("visual.transformer.resblocks.0.") for k in payload["trained_state"])
+    assert payload["backbone"] == {
+        "name": "tiny",
+        "pretrained": "random",
+        "fingerprint": hasher.backbone.fingerprint,
+    }
+
+    torch.manual_seed(0)
+    same = load_backbone("tiny")  # same seed as _hasher(seed=0): same weights
+    restored = restore_hasher(payload, same)
+    np.testing.assert_array_equal(
+        encode(restored, data.query, progress=False), encode(hasher, data.query, progress=False)
+    )
+
+    torch.manual_seed(7)
+    with pytest.raises(ValueError, match=r"fingerprint.*Load the same backbone weights"):
+        restore_hasher(payload, load_backbone("tiny"))
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_checkpoint(broken)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ValueError, match="not a kalahash checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_evaluate_scores_codes_with_the_protocol(data, tmp_path):
+    hasher = _hasher("lb")
+    fit(hasher, data.train, epochs=2, progress=False)
+    scores = evaluate(hasher, data, cache=PrefixCache(tmp_path), progress=False)
+    expected = mean_average_precision(
+        scores["query_codes"], data.query.labels, scores["database_codes"], data.database.labels
+    )
+    assert scores["map"] == pytest.approx(expected)
+    assert scores["map_topk"] == 48 and scores["ties"] == "index"
+    assert 0 <= scores["p_at_100"] <= 1
