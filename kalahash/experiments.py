@@ -68,6 +68,13 @@ class ExperimentConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        from .data import resolve_dataset_name
+        from .hashing import LOSSES
+
+        # canonical name (aliases such as nus-wide accepted); unknown names fail here, before anything runs
+        object.__setattr__(self, "dataset", resolve_dataset_name(self.dataset))
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(sorted(LOSSES))}")
         if self.ties not in ("index", "average"):
             raise ValueError(f"ties must be 'index' or 'average', got {self.ties!r}")
         object.__setattr__(self, "hyperparameters", dict(self.hyperparameters))
