@@ -270,8 +270,9 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 def cmd_pretrain_tiny(args: argparse.Namespace) -> int:
     from .pretrain import pretrain_tiny
 
-    info = pretrain_tiny(args.output, seed=args.seed, steps=args.steps)
-    print(json.dumps(info, indent=2, default=str))
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    info = pretrain_tiny(**options)
+    print(json.dumps({k: v for k, v in info.items() if k != "knowledge"}, indent=2, default=str))
     return 0
 
 
@@ -295,6 +296,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .pretrain import add_pretrain_tiny_arguments
+
     parser = argparse.ArgumentParser(
         prog="kalahash",
         description="Knowledge-anchored low-resource adaptation of CLIP for deep hashing (KALAHash, AAAI 2025).",
@@ -345,11 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_data)
 
     p = sub.add_parser(
-        "pretrain-tiny", help="re-create the built-in tiny-shapes CLIP weights (~10 min on 2 cores)"
+        "pretrain-tiny",
+        help="re-create the built-in tiny-shapes CLIP weights (about 12 min on 2 idle cores; "
+        "use --threads 1 on a busy machine)",
     )
-    p.add_argument("--output", default="kalahash/weights/tiny-shapes.safetensors")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="default: the script's documented length")
+    add_pretrain_tiny_arguments(p)
     p.set_defaults(func=cmd_pretrain_tiny)
 
     p = sub.add_parser("export", help="fold plain-LoRA adapters into the weights of a checkpoint's model")

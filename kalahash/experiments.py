@@ -216,6 +216,26 @@ def checked_data(data: Any, cache_dir: str | os.PathLike, progress: bool = True)
     return record
 
 
+def project_paths(start: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Where results, figures and the cache go: under the project folder (the nearest ancestor of the
+    working directory holding both ``kalahash/`` and ``notebooks/``), else under the working directory.
+
+    Notebooks run with their own folder or the repository root as working directory; both land in the
+    same ``results/`` and ``figures/``.
+    """
+    here = Path(start or Path.cwd()).resolve()
+    root = next(
+        (p for p in (here, *here.parents) if (p / "kalahash").is_dir() and (p / "notebooks").is_dir()), here
+    )
+    return {
+        "root": root,
+        "results": root / "results" / "results.csv",
+        "splits": root / "results" / "splits",
+        "figures": root / "figures",
+        "cache": root / "cache" / "prefix",
+    }
+
+
 def _device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -283,6 +303,8 @@ def run_experiment(
         "map": scores["map"],
         "map_at": scores["map_topk"],
         "ties_rule": scores["ties"],
+        "map_ties_index": scores["map_ties_index"],
+        "map_ties_average": scores["map_ties_average"],
         **{k: v for k, v in scores.items() if k.startswith("p_at_")},
         "train_seconds": round(trained.seconds, 3),
         "eval_seconds": round(time.perf_counter() - began, 3),
@@ -383,3 +405,44 @@ def run_demo(
     summary = rows.rename(columns={"map": "mean"}).assign(std=0.0)
     save_figure(bar_by_method(summary, title), "demo_map", rows, out_dir=out_dir)
     return table
+
+
+WORLDS = ("shapes", "shapes-multi")
+# Notebook profiles: "smoke" runs end-to-end on a CPU in minutes on the built-in offline world (CI runs
+# it); "paper" is the paper's setting (CLIP ViT-B/32 with OpenAI weights, 1-8 shots, three seeds).
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "dataset": "shapes",
+        "backbone": "tiny-shapes",
+        "pretrained": None,
+        "shots": [1, 2, 4],
+        "scaling_shots": [1, 2, 4, 8, 16],
+        "seeds": [0, 1],
+        "epochs": 100,
+    },
+    "paper": {
+        "dataset": "cifar10",
+        "backbone": "ViT-B-32",
+        "pretrained": "openai",
+        "shots": [1, 2, 4, 8],
+        "scaling_shots": [1, 2, 4, 8, 16, 32, 64, 128, 256, 500],
+        "seeds": [0, 1, 2],
+        "epochs": 100,
+    },
+}
+
+
+def notebook_settings(profile: str = "auto", **given: Any) -> dict[str, Any]:
+    """A notebook's settings: its profile's values, replaced by every parameter given (not None).
+
+    ``profile="auto"`` picks "smoke" for the built-in worlds and "paper" for real data sets, so
+    ``papermill 03_shots.ipynb out.ipynb -p dataset cifar10`` runs the paper's setting.
+    """
+    dataset = given.get("dataset")
+    if profile == "auto":
+        profile = "smoke" if dataset is None or dataset in WORLDS else "paper"
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose auto, {', '.join(PROFILES)}")
+    settings = {**PROFILES[profile], **{k: v for k, v in given.items() if v is not None}}
+    settings["profile"] = profile
+    return settings

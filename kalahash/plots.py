@@ -100,3 +100,20 @@ def bar_by_method(summary: pd.DataFrame, title: str, value: str = "mean", error:
         ax.text(i, v + 0.01, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def shot_scaling(summary: pd.DataFrame, title: str, value: str = "mean", error: str = "std") -> plt.Figure:
+    """mAP against shots per class (log scale), one line per method, error bars over seeds."""
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for method, group in summary.groupby("method", sort=False):
+        group = group.sort_values("shots")
+        ax.errorbar(group["shots"], group[value], yerr=group[error], marker="o", capsize=3, label=method)
+    ax.set_xscale("log", base=2)
+    shots = sorted(summary["shots"].unique())
+    ax.set_xticks(shots, [str(s) for s in shots])
+    ax.set_xlabel("shots per class")
+    ax.set_ylabel("mAP")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

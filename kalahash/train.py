@@ -444,13 +444,22 @@ def evaluate(
     progress: bool = True,
     precision_k: int = 100,
 ) -> dict[str, Any]:
-    """mAP@K (protocol cut-off unless ``topk`` is given) and P@k of query against database codes."""
+    """mAP@K (protocol cut-off unless ``topk`` is given) and P@k of query against database codes.
+
+    ``map`` follows ``ties``; ``map_ties_index`` and ``map_ties_average`` give both rules, since 16-bit
+    codes tie massively and the two can differ.
+    """
+    if ties not in ("index", "average"):
+        raise ValueError(f"ties must be 'index' or 'average', got {ties!r}")
     topk = data.topk if topk is None else topk
     query = encode(hasher, data.query, cache=cache, progress=progress, desc="encoding query")
     database = encode(hasher, data.database, cache=cache, progress=progress, desc="encoding database")
     args = (query, data.query.labels, database, data.database.labels)
+    by_rule = {rule: mean_average_precision(*args, topk=topk, ties=rule) for rule in ("index", "average")}
     return {
-        "map": mean_average_precision(*args, topk=topk, ties=ties),
+        "map": by_rule[ties],
+        "map_ties_index": by_rule["index"],
+        "map_ties_average": by_rule["average"],
         "map_topk": topk if topk is not None else len(database),
         "ties": ties,
         f"p_at_{precision_k}": precision_at_k(*args, k=min(precision_k, len(database)), ties=ties),
