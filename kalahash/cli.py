@@ -220,6 +220,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data_root = args.data_root or experiment.get("data_root")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone_info = payload["backbone"]
+    torch.manual_seed(
+        experiment.get("seed", 0)
+    )  # as run_experiment did: a random-init backbone comes back the same
     backbone = load_backbone(
         backbone_info["name"], args.pretrained or experiment.get("pretrained"), device=device
     )
@@ -280,17 +283,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from .backbones import load_backbone
-    from .train import load_checkpoint, restore_hasher
+    from .train import _atomic_write, load_checkpoint, restore_hasher
 
     payload = load_checkpoint(args.checkpoint)
-    backbone = load_backbone(
-        payload["backbone"]["name"], args.pretrained or payload.get("experiment", {}).get("pretrained")
-    )
-    hasher = restore_hasher(payload, backbone)
-    merged = hasher.merged()
+    experiment = payload.get("experiment", {})
+    torch.manual_seed(experiment.get("seed", 0))  # as in cmd_eval
+    backbone = load_backbone(payload["backbone"]["name"], args.pretrained or experiment.get("pretrained"))
+    merged = restore_hasher(payload, backbone).merged()
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(merged.state_dict(), out)
+    _atomic_write(out, lambda tmp: torch.save(merged.state_dict(), tmp))
     print(f"wrote {out}: {payload['method']} with its adapters folded into the weights")
     return 0
 

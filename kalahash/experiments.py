@@ -230,7 +230,7 @@ def project_paths(start: str | os.PathLike | None = None) -> dict[str, Path]:
     return {
         "root": root,
         "results": root / "results" / "results.csv",
-        "splits": root / "results" / "splits",
+        "workdir": root / "results",
         "figures": root / "figures",
         "cache": root / "cache" / "prefix",
     }
@@ -248,7 +248,7 @@ def run_experiment(
     results: str | os.PathLike | None = DEFAULT_RESULTS,
     force: bool = False,
     cache: PrefixCache | str | os.PathLike | None = DEFAULT_CACHE,
-    splits_dir: str | os.PathLike = "results/splits",
+    workdir: str | os.PathLike = "results",
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     allow_failed_check: bool = False,
@@ -260,6 +260,7 @@ def run_experiment(
     A configuration already in ``results`` is not run again (its stored row comes back with
     ``skipped=True``) unless ``force``. Data whose integrity check failed is refused unless
     ``allow_failed_check``. ``cache`` is a :class:`PrefixCache` or its folder (``None``: no cache).
+    ``workdir`` keeps the few-shot split lists (``splits/``) and remembered data checks (``data_checks/``).
     """
     from .backbones import load_backbone
     from .data import few_shot_split, load_dataset
@@ -273,13 +274,13 @@ def run_experiment(
     if cache is not None and not isinstance(cache, PrefixCache):
         cache = PrefixCache(cache)
     data = load_dataset(cfg.dataset, cfg.data_root, seed=cfg.split_seed)
-    check = checked_data(data, Path(splits_dir).parent / "data_checks", progress=progress)
+    check = checked_data(data, Path(workdir) / "data_checks", progress=progress)
     if not check["ok"] and not allow_failed_check:
         raise ValueError(
             f"the data check of {cfg.dataset!r} failed:\n{check['report']}\nFix the data, or pass "
             "allow_failed_check=True (CLI: --allow-failed-check) to run anyway."
         )
-    split_dir = Path(splits_dir) / f"{cfg.dataset}-split{cfg.split_seed}"
+    split_dir = Path(workdir) / "splits" / f"{cfg.dataset}-split{cfg.split_seed}"
     train_set = few_shot_split(data, cfg.shots, seed=cfg.seed, out_dir=split_dir)
     hparams, hparams_source = cfg.resolved_hparams()
     torch.manual_seed(cfg.seed)

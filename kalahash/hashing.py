@@ -569,10 +569,15 @@ def kiddo_b_step(
     M.fill_diagonal_(0)  # Σ_{j≠i}: drop the bit's own term
     Mt = M.t().contiguous()  # row i holds M_ji for all j
     out = B.detach().to(dtype).clone()
+    # On the CPU the loop runs on numpy views of the same memory: few-shot N is tiny, and numpy's
+    # per-call overhead is a fraction of torch's (the B-step would otherwise dominate a cached epoch).
+    p, m, b = (P.numpy(), Mt.numpy(), out.numpy()) if out.device.type == "cpu" else (P, Mt, out)
     for _ in range(sweeps):
         for i in range(bits):
-            q = P[i] - Mt[i] @ out
-            out[i] = torch.where(q > 0, 1.0, torch.where(q < 0, -1.0, out[i]))
+            q = p[i] - m[i] @ b
+            row = b[i]
+            row[q > 0] = 1.0
+            row[q < 0] = -1.0  # exact ties keep the current bit
     return out.to(B.dtype)
 
 

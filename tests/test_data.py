@@ -647,3 +647,8 @@ def test_check_data_label_conflicts_and_duplicate_notes():
     assert any(
         n.startswith("database holds 1 content duplicates under other ids, e.g. d0 = d1") for n in check.notes
     )
+
+
+def test_world_data_sets_take_no_options():
+    with pytest.raises(ValueError, match="unknown option"):
+        load_dataset("shapes", query_per_class=3)

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import fresh_tiny
 
-from kalahash.backbones import load_backbone
 from kalahash.hashing import (
     KIDDO,
     LOSSES,
@@ -26,21 +26,6 @@ from kalahash.hashing import (
 )
 
 CLASSES = ["cat", "dog", "car", "ship"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is ~100x faster than two."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def fresh_tiny(seed: int = 0):
-    """A fresh `tiny` backbone (hashers modify theirs in place); same seed → same weights."""
-    torch.manual_seed(seed)
-    return load_backbone("tiny")
 
 
 def images(n: int = 4, seed: int = 1) -> torch.Tensor:

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from helpers import fresh_tiny
 from torch import nn
 
-from kalahash.backbones import load_backbone
 from kalahash.lora import (
     CLoRALinear,
     KnowledgePool,
@@ -16,21 +16,6 @@ from kalahash.lora import (
     knowledge_pool,
     merge_lora,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is ~100x faster than two."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def fresh_tiny(seed: int = 0):
-    """A fresh `tiny` backbone per test (adapters modify it in place); same seed → same weights."""
-    torch.manual_seed(seed)
-    return load_backbone("tiny")
 
 
 def images(n: int = 3, seed: int = 1) -> torch.Tensor:

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import fresh_tiny
 
 from kalahash.backbones import load_backbone
 from kalahash.data import ImageList, RetrievalData
@@ -46,8 +47,7 @@ def data() -> RetrievalData:
 
 
 def _hasher(method: str = "kalahash", seed: int = 0, **hp):
-    torch.manual_seed(seed)
-    backbone = load_backbone("tiny")
+    backbone = fresh_tiny(seed)
     torch.manual_seed(seed + 100)
     return build_hasher(method, backbone, CLASSES, 8, rank=2, **hp)
 

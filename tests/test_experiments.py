@@ -1,0 +1,138 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from kalahash.cli import main
+from kalahash.experiments import ExperimentConfig, notebook_settings, project_paths, run_experiment
+from kalahash.plots import save_figure, shot_scaling
+from kalahash.train import load_checkpoint
+
+
+def _list_dataset(root, duplicate_query_into_database: bool) -> None:
+    """A tiny DeepHash-style data set with real PNG files: 2 classes, 6 train, 2 query, 6 database."""
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = []
+    for i in range(14):
+        pixels = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"{i}.png")
+        names.append(f"{i}.png")
+    if duplicate_query_into_database:  # the same picture under another name
+        Image.open(root / "images" / "0.png").save(root / "images" / "13.png")
+    label = ["1 0", "0 1"]
+    (root / "classnames.txt").write_text("cat\ndog\n")
+    (root / "query.txt").write_text("".join(f"{names[i]} {label[i % 2]}\n" for i in range(0, 2)))
+    (root / "train.txt").write_text("".join(f"{names[i]} {label[i % 2]}\n" for i in range(2, 8)))
+    (root / "gallery.txt").write_text("".join(f"{names[i]} {label[i % 2]}\n" for i in range(8, 14)))
+
+
+def _config(root, **kw) -> ExperimentConfig:
+    return ExperimentConfig(
+        dataset="nuswide", data_root=str(root), backbone="tiny", epochs=2, batch_size=2, **kw
+    )
+
+
+def test_run_refuses_data_whose_check_failed(tmp_path):
+    root = tmp_path / "data"
+    _list_dataset(root, duplicate_query_into_database=True)
+    with pytest.raises(ValueError, match=r"(?s)data check of 'nuswide' failed.*PROBLEM.*allow_failed_check"):
+        run_experiment(
+            _config(root, method="lb"), results=tmp_path / "r.csv", workdir=tmp_path / "w", progress=False
+        )
+    assert not (tmp_path / "r.csv").exists()
+    row = run_experiment(
+        _config(root, method="lb"), results=tmp_path / "r.csv", workdir=tmp_path / "w", allow_failed_check=True,
+        progress=False,
+    )  # fmt: skip
+    assert row["data_check_ok"] is False and len(pd.read_csv(tmp_path / "r.csv")) == 1
+
+
+def test_rows_carry_provenance_and_the_split_file(tmp_path):
+    root = tmp_path / "data"
+    _list_dataset(root, duplicate_query_into_database=False)
+    row = run_experiment(_config(root, method="kalahash", seed=3), results=tmp_path / "r.csv", workdir=tmp_path / "w",
+                         cache=tmp_path / "cache", progress=False)  # fmt: skip
+    for column in (
+        "git_commit",
+        "torch_version",
+        "open_clip_version",
+        "device",
+        "data_fingerprint",
+        "backbone_fingerprint",
+        "hparams_used",
+        "hparams_source",
+        "map_ties_index",
+        "map_ties_average",
+    ):
+        assert row[column] not in (None, ""), column  # fmt: skip
+    assert json.loads(row["hparams_used"])["rank"] == 1  # the nuswide 1-shot preset
+    split = tmp_path / "w" / "splits" / "nuswide-split0" / "nuswide_1shot_seed3.txt"
+    lines = split.read_text().splitlines()
+    assert "# rule: random-per-class" in lines and "# seed: 3" in lines  # single-label: k per class, seeded
+    picked = [line for line in lines if not line.startswith("#")]
+    assert len(picked) == 2 and {int(p.split(".")[0]) % 2 for p in picked} == {0, 1}  # one cat, one dog
+    assert all(2 <= int(p.split(".")[0]) < 8 for p in picked)  # from the train pool
+
+
+def test_checkpoint_then_eval_and_export(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "data"
+    _list_dataset(root, duplicate_query_into_database=False)
+    ckpt = tmp_path / "lora.ckpt"
+    common = ["--dataset", "nuswide", "--data-root", str(root), "--backbone", "tiny", "--epochs", "2",
+              "--batch-size", "2", "--quiet"]  # fmt: skip
+    assert main(["run", *common, "--method", "lora", "--checkpoint", str(ckpt)]) == 0
+    stored = load_checkpoint(ckpt)
+    assert stored["experiment"]["method"] == "lora" and stored["epoch"] == 2
+    trained_map = stored["result_row"]["map"]
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(ckpt), "--quiet"]) == 0
+    assert f"= {trained_map:.4f}" in capsys.readouterr().out  # the same codes as at the end of training
+    assert main(["export", "--checkpoint", str(ckpt), "--output", str(tmp_path / "merged.pt")]) == 0
+    merged = torch.load(tmp_path / "merged.pt")
+    assert merged and not any("lora_" in key for key in merged)
+
+    clora = tmp_path / "clora.ckpt"
+    assert main(["run", *common, "--method", "clora", "--checkpoint", str(clora)]) == 0
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(clora), "--output", str(tmp_path / "no.pt")]) == 2
+    assert "CLoRA" in capsys.readouterr().err and not (tmp_path / "no.pt").exists()
+
+
+def test_notebook_settings_pick_the_profile():
+    assert notebook_settings()["profile"] == "smoke" and notebook_settings()["dataset"] == "shapes"
+    paper = notebook_settings(dataset="cifar10")
+    assert (paper["profile"], paper["backbone"], paper["pretrained"]) == ("paper", "ViT-B-32", "openai")
+    assert notebook_settings("smoke", seeds=[5])["seeds"] == [5]
+    with pytest.raises(ValueError, match="unknown profile 'fast'"):
+        notebook_settings("fast")
+
+
+def test_project_paths_find_the_repository(tmp_path):
+    (tmp_path / "kalahash").mkdir()
+    (tmp_path / "notebooks" / "deep").mkdir(parents=True)
+    paths = project_paths(tmp_path / "notebooks" / "deep")
+    assert paths["root"] == tmp_path and paths["figures"] == tmp_path / "figures"
+    assert paths["results"] == tmp_path / "results" / "results.csv"
+    elsewhere = tmp_path / "notebooks" / "deep" / "x"
+    elsewhere.mkdir()
+    assert project_paths(tmp_path.parent)["root"] == tmp_path.parent
+
+
+def test_figures_are_traceable_to_their_rows(tmp_path):
+    rows = pd.DataFrame({
+        "config_id": ["a1", "b2", "c3", "d4"], "method": ["lb", "lb", "kalahash", "kalahash"], "shots": [1, 2, 1, 2],
+        "seed": [0, 0, 0, 0], "map": [0.2, 0.3, 0.25, 0.4], "git_commit": "abc", "torch_version": "2.x",
+    })  # fmt: skip
+    summary = rows.rename(columns={"map": "mean"}).assign(std=0.0)
+    paths = save_figure(shot_scaling(summary, "t"), "fig", rows, out_dir=tmp_path)
+    assert sorted(p.name for p in paths) == ["fig.json", "fig.pdf", "fig.png", "fig.rows.csv"]
+    info = json.loads((tmp_path / "fig.json").read_text())
+    assert info["config_ids"] == ["a1", "b2", "c3", "d4"] and info["git_commit"] == ["abc"]
+    assert pd.read_csv(tmp_path / "fig.rows.csv")["config_id"].tolist() == ["a1", "b2", "c3", "d4"]
+    assert Image.open(tmp_path / "fig.png").text["Description"].startswith("kalahash fig; commit abc")
+    assert b"kalahash fig; commit abc" in (tmp_path / "fig.pdf").read_bytes()
