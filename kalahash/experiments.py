@@ -420,6 +420,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "scaling_shots": [1, 2, 4, 8, 16],
         "seeds": [0, 1],
         "epochs": 100,
+        "methods": ["lb", "fft", "lora", "kalahash"],
     },
     "paper": {
         "dataset": "cifar10",
@@ -429,16 +430,38 @@ PROFILES: dict[str, dict[str, Any]] = {
         "scaling_shots": [1, 2, 4, 8, 16, 32, 64, 128, 256, 500],
         "seeds": [0, 1, 2],
         "epochs": 100,
+        "methods": ["lb", "fft", "lora", "kalahash"],
     },
 }
+
+
+_LIST_SETTINGS = ("shots", "scaling_shots", "seeds", "methods")
+
+
+def _as_list(name: str, value: Any) -> list[Any]:
+    """Lists as papermill's ``-p`` passes them: a list, one value, or text such as "[1, 2]" or "1 2"."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = [json.loads(v) if v.lstrip("-").isdigit() else v for v in text.replace(",", " ").split()]
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    if not values:
+        raise ValueError(f"{name} is empty: give at least one value")
+    return values
 
 
 def notebook_settings(profile: str = "auto", **given: Any) -> dict[str, Any]:
     """A notebook's settings: its profile's values, replaced by every parameter given (not None).
 
     ``profile="auto"`` picks "smoke" for the built-in worlds and "paper" for real data sets, so
-    ``papermill 03_shots.ipynb out.ipynb -p dataset cifar10`` runs the paper's setting.
+    ``papermill 03_shots.ipynb out.ipynb -p dataset cifar10`` runs the paper's setting. A real data
+    set without ``data_root`` is looked for in ``data/<name>`` of the project (or ``$KALAHASH_DATA``),
+    wherever the notebook runs from. List settings accept text (``-p seeds "0 1 2"``).
     """
+    from .data import default_data_root, resolve_dataset_name
+
     dataset = given.get("dataset")
     if profile == "auto":
         profile = "smoke" if dataset is None or dataset in WORLDS else "paper"
@@ -446,4 +469,11 @@ def notebook_settings(profile: str = "auto", **given: Any) -> dict[str, Any]:
         raise ValueError(f"unknown profile {profile!r}; choose auto, {', '.join(PROFILES)}")
     settings = {**PROFILES[profile], **{k: v for k, v in given.items() if v is not None}}
     settings["profile"] = profile
+    settings["dataset"] = resolve_dataset_name(settings["dataset"])
+    for name in _LIST_SETTINGS:
+        if name in settings:
+            settings[name] = _as_list(name, settings[name])
+    if settings["dataset"] not in WORLDS and settings.get("data_root") is None:
+        default = default_data_root(settings["dataset"])
+        settings["data_root"] = str(default if default.is_absolute() else project_paths()["root"] / default)
     return settings

@@ -108,6 +108,14 @@ def test_notebook_settings_pick_the_profile():
     paper = notebook_settings(dataset="cifar10")
     assert (paper["profile"], paper["backbone"], paper["pretrained"]) == ("paper", "ViT-B-32", "openai")
     assert notebook_settings("smoke", seeds=[5])["seeds"] == [5]
+    # papermill -p passes text: lists are parsed
+    assert notebook_settings(seeds="0 1 2", methods="lb, kalahash", shots="[1, 4]")["seeds"] == [0, 1, 2]
+    assert notebook_settings(methods="lb, kalahash")["methods"] == ["lb", "kalahash"]
+    assert notebook_settings(shots="[1, 4]")["shots"] == [1, 4]
+    assert notebook_settings(seeds=7)["seeds"] == [7]
+    assert notebook_settings(dataset="NUS-WIDE")["dataset"] == "nuswide"
+    assert notebook_settings(dataset="cifar10")["data_root"].endswith("data/cifar10")
+    assert notebook_settings(dataset="cifar10", data_root="/d")["data_root"] == "/d"
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         notebook_settings("fast")
 
