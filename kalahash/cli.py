@@ -283,7 +283,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from .backbones import load_backbone
-    from .train import _atomic_write, load_checkpoint, restore_hasher
+    from .fileio import atomic_write
+    from .train import load_checkpoint, restore_hasher
 
     payload = load_checkpoint(args.checkpoint)
     experiment = payload.get("experiment", {})
@@ -291,7 +292,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     backbone = load_backbone(payload["backbone"]["name"], args.pretrained or experiment.get("pretrained"))
     merged = restore_hasher(payload, backbone).merged()
     out = Path(args.output)
-    _atomic_write(out, lambda tmp: torch.save(merged.state_dict(), tmp))
+    atomic_write(out, lambda tmp: torch.save(merged.state_dict(), tmp))
     print(f"wrote {out}: {payload['method']} with its adapters folded into the weights")
     return 0
 

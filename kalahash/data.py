@@ -24,7 +24,6 @@ import os
 import pickle
 import re
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -39,6 +38,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from .fileio import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -170,20 +171,6 @@ class RetrievalData:
 # --------------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _examples(items: Sequence[Any], n: int = 5) -> str:
@@ -356,7 +343,7 @@ def _write_list(path: Path, ids: Sequence[str], header: Mapping[str, Any]) -> Pa
         if "\n" in text or ":" in str(key):
             raise ValueError(f"split header {key!r} must be one line without ':' in the key, got {text!r}")
         lines.append(f"# {key}: {text}")
-    _atomic_write(path, ("\n".join([*lines, *ids]) + "\n").encode("utf-8"))
+    atomic_write_text(path, "\n".join([*lines, *ids]) + "\n")
     return path
 
 
@@ -719,33 +706,24 @@ def download_cifar10(
     root = Path(data_root)
     root.mkdir(parents=True, exist_ok=True)
     target = root / CIFAR10_ARCHIVE
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{CIFAR10_ARCHIVE}.", suffix=".part")
     digest = hashlib.md5(usedforsecurity=False)
-    try:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    total = int(response.headers.get("Content-Length") or 0) or None
-                    with tqdm(
-                        total=total, unit="B", unit_scale=True, desc=CIFAR10_ARCHIVE, leave=False
-                    ) as bar:
-                        while chunk := response.read(1 << 20):
-                            out.write(chunk)
-                            digest.update(chunk)
-                            bar.update(len(chunk))
-            except (urllib.error.URLError, OSError) as e:
-                raise FileNotFoundError(_cifar10_missing(root, f"download from {url} failed ({e})")) from e
+    with atomic_path(target, suffix=".part") as tmp, open(tmp, "wb") as out:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=CIFAR10_ARCHIVE, leave=False) as bar:
+                    while chunk := response.read(1 << 20):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
+        except (urllib.error.URLError, OSError) as e:
+            raise FileNotFoundError(_cifar10_missing(root, f"download from {url} failed ({e})")) from e
         if digest.hexdigest() != md5.lower():
             raise ValueError(
                 f"downloaded {url} has md5 {digest.hexdigest()}, expected {md5}; nothing was saved in {root}"
             )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return target
 
 

@@ -19,8 +19,9 @@ import pandas as pd
 import torch
 
 from . import __version__
+from .fileio import atomic_write, atomic_write_text
 from .presets import LORA_BASELINE, preset
-from .train import PrefixCache, TrainConfig, _atomic_write, evaluate, fit, save_checkpoint
+from .train import PrefixCache, TrainConfig, evaluate, fit, save_checkpoint
 
 DEFAULT_RESULTS = Path("results/results.csv")
 DEFAULT_CACHE = Path("cache/prefix")
@@ -184,7 +185,7 @@ def append_result(row: Mapping[str, Any], path: str | os.PathLike = DEFAULT_RESU
     path = Path(path)
     with _Locked(path):
         table = pd.concat([read_results(path), pd.DataFrame([dict(row)])], ignore_index=True)
-        _atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+        atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
 def find_result(config: ExperimentConfig, path: str | os.PathLike = DEFAULT_RESULTS) -> dict[str, Any] | None:
@@ -212,7 +213,7 @@ def checked_data(data: Any, cache_dir: str | os.PathLike, progress: bool = True)
         return json.loads(path.read_text())
     check = check_data(data, progress=progress)
     record = {"ok": check.ok, "fingerprint": check.fingerprint, "report": check.report()}
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+    atomic_write_text(path, json.dumps(record, indent=2))
     return record
 
 

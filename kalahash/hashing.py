@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import abc
 import copy
 import inspect
 import math
@@ -272,7 +273,7 @@ def dpsh_likelihood(u: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (torch.log1p(torch.exp(-theta.abs())) + theta.clamp_min(0) - s * theta).mean()
 
 
-class HashLoss(nn.Module):
+class HashLoss(nn.Module, metaclass=abc.ABCMeta):
     """Base of the registered losses.
 
     Subclasses implement :meth:`terms` (a dict of scalar tensors with the total under ``"loss"``);
@@ -294,8 +295,9 @@ class HashLoss(nn.Module):
         """The tanh slope of the hash head for the next epoch (HashNet's continuation); 1 otherwise."""
         return 1.0
 
+    @abc.abstractmethod
     def terms(self, u: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The loss's scalar terms, its total under ``"loss"``."""
 
     def forward(
         self, u: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
@@ -318,8 +320,9 @@ class _CenterLoss(HashLoss):
         super().__init__()
         self.register_buffer("centers", torch.empty(0, 0))
 
+    @abc.abstractmethod
     def _make_centers(self, num_classes: int, bits: int) -> torch.Tensor:
-        raise NotImplementedError
+        """The (num_classes, bits) ±1 hash centres of this loss."""
 
     def setup(self, num_classes: int, bits: int, train_labels: Any) -> None:
         self.centers = self._make_centers(num_classes, bits).to(self.centers.device)

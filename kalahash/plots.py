@@ -11,7 +11,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .train import _atomic_write
+from .fileio import atomic_write, atomic_write_text
 
 _PROVENANCE_COLUMNS = (
     "git_commit",
@@ -59,13 +59,13 @@ def save_figure(
         ("pdf", {"Title": name, "Subject": summary, "Creator": "kalahash"}),
     ):
         path = out / f"{name}.{suffix}"
-        _atomic_write(
+        atomic_write(
             path, lambda tmp, s=suffix, m=meta: fig.savefig(tmp, format=s, metadata=m, bbox_inches="tight")
         )
         paths.append(path)
     paths.append(save_table(rows, f"{name}.rows", out_dir=out, extra=info, write_json=False))
     json_path = out / f"{name}.json"
-    _atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2, default=str)))
+    atomic_write_text(json_path, json.dumps(info, indent=2, default=str))
     paths.append(json_path)
     return paths
 
@@ -80,12 +80,10 @@ def save_table(
     """Write a table as CSV (atomic), with a JSON provenance sidecar unless told otherwise."""
     out = Path(out_dir)
     path = out / f"{name}.csv"
-    _atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
     if write_json:
         info = _sidecar(table, extra)
-        _atomic_write(
-            out / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2, default=str))
-        )
+        atomic_write_text(out / f"{name}.json", json.dumps(info, indent=2, default=str))
     return path
 
 

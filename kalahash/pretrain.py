@@ -14,10 +14,8 @@ import datetime as dt
 import hashlib
 import json
 import math
-import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from torch import nn
 
 from kalahash.backbones import BUILTIN_WEIGHTS, Backbone, load_backbone
 from kalahash.data import ImageList, RetrievalData
+from kalahash.fileio import atomic_write, atomic_write_text
 from kalahash.world import HELD_OUT_PAIRS, caption_pool, make_retrieval_data
 
 CONFIG = "tiny-shapes"
@@ -168,38 +167,15 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return 0.5 * lr * (1.0 + math.cos(math.pi * progress))
 
 
-def _publish(tmp: str, path: Path) -> None:
-    """Give a finished temp file the usual permissions (mkstemp makes it 0600) and move it in place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
 def _save_fp16_atomic(model: nn.Module, output: Path) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt", "config": CONFIG})
-        _publish(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(output, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "config": CONFIG}))
 
 
 def _write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def knowledge_report(backbone: Backbone, seed: int = 0) -> dict[str, Any]:

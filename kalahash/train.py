@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .backbones import state_fingerprint
 from .data import ImageList, RetrievalData
+from .fileio import atomic_write
 from .metrics import mean_average_precision, precision_at_k
 
 CHECKPOINT_FORMAT = "kalahash-checkpoint"
@@ -59,19 +59,6 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from_epoch: int = 0
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def images_fingerprint(images: ImageList) -> str:
@@ -157,7 +144,7 @@ class PrefixCache:
             del out
 
         try:
-            _atomic_write(path, write)
+            atomic_write(path, write)
         finally:
             hasher.train(was_training)
         return torch.from_numpy(np.load(path, mmap_mode="c"))
@@ -197,7 +184,7 @@ def save_checkpoint(path: str | os.PathLike, hasher: nn.Module, **extra: Any) ->
         **extra,
     }
     path = Path(path)
-    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
 
 

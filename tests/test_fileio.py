@@ -1,0 +1,28 @@
+import os
+import stat
+
+import pytest
+
+from kalahash.fileio import atomic_path, atomic_write_text
+
+
+def test_atomic_write_replaces_whole_with_normal_permissions(tmp_path):
+    path = tmp_path / "sub" / "table.csv"
+    atomic_write_text(path, "a,b\n1,2\n")
+    atomic_write_text(path, "a,b\n3,4\n")
+    assert path.read_text() == "a,b\n3,4\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+    assert [p.name for p in path.parent.iterdir()] == ["table.csv"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("old\n")
+    with pytest.raises(RuntimeError, match="disk full"), atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write("half a fi")
+        raise RuntimeError("disk full")
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]
