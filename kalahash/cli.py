@@ -332,21 +332,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint written by `kalahash run --checkpoint`")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `kalahash run --checkpoint`")
     p.add_argument("--dataset", default=None, help="default: the checkpoint's data set")
     p.add_argument("--data-root", default=None, help="default: the checkpoint's data root")
     p.add_argument("--pretrained", default=None, help="backbone weights, if not the checkpoint's")
-    p.add_argument("--topk", type=int, default=None)
-    p.add_argument("--ties", default="index", choices=("index", "average"))
-    p.add_argument("--device", default=None)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--topk", type=int, default=None, help="mAP@K cut-off (default: the data set's protocol)")
+    p.add_argument("--ties", default="index", choices=("index", "average"), help="tie rule of mAP")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("check-data", help="verify a data set's files, splits, duplicates and overlaps")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--dataset", required=True, help="data set name (cifar10, nuswide, coco, folder, ...)")
+    p.add_argument(
+        "--data-root", default=None, help="its folder (default: data/<name> or $KALAHASH_DATA/<name>)"
+    )
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the query/database split (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_check_data)
 
     p = sub.add_parser(
@@ -358,9 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain_tiny)
 
     p = sub.add_parser("export", help="fold plain-LoRA adapters into the weights of a checkpoint's model")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--pretrained", default=None)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint of a plain-LoRA (method lora) run")
+    p.add_argument("--output", required=True, help="where to write the merged model's state dict")
+    p.add_argument("--pretrained", default=None, help="backbone weights, if not the checkpoint's")
     p.set_defaults(func=cmd_export)
     return parser
 

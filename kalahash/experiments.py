@@ -302,6 +302,7 @@ def run_experiment(
         "hparams_used": json.dumps(hparams, sort_keys=True),
         "hparams_source": hparams_source,
         "train_images": len(train_set),
+        "train_batch_size": train_config.batch_size,
         "map": scores["map"],
         "map_at": scores["map_topk"],
         "ties_rule": scores["ties"],

@@ -283,7 +283,6 @@ def fit(
     torch.set_flush_denormal(True)
     device = hasher.backbone.device
     torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
     hasher.begin_training(train_set.labels)
     optimizer = torch.optim.SGD(
         hasher.trainable_parameters(),
