@@ -366,15 +366,6 @@ def summarize(
     return table
 
 
-def seeds_summary(rows: pd.DataFrame) -> dict[str, float]:
-    values = rows["map"].to_numpy(dtype=float)
-    return {
-        "map_mean": float(values.mean()),
-        "map_std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-        "seeds": len(values),
-    }
-
-
 DEMO_METHODS = ("lb", "fft", "lora", "kalahash")
 
 

@@ -859,8 +859,6 @@ class Hasher(nn.Module):
         self.kiddo = hparams["kiddo"]
         self.finetune = METHODS[method]["finetune"]
         self.backbone = backbone  # a plain reference (not a submodule): preprocess, tokenizer, name
-        self.backbone_name = backbone.name
-        self.backbone_fingerprint = backbone.fingerprint
         self._merged = False
         device = next(backbone.visual.parameters()).device
 
