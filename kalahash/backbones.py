@@ -10,7 +10,7 @@ import difflib
 import hashlib
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,10 +112,12 @@ def split_attention(module: nn.Module) -> int:
     return count
 
 
-def state_fingerprint(module: nn.Module) -> str:
-    """A short hash of a module's parameters and buffers, to tie checkpoints to exact weights."""
+def state_fingerprint(state: nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """A short hash of a module's parameters and buffers (or of named tensors), to tie results and
+    checkpoints to exact weights."""
+    tensors = state.state_dict() if isinstance(state, nn.Module) else state
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(tensors.items()):
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

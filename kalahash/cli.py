@@ -210,6 +210,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .backbones import load_backbone
     from .data import load_dataset
+    from .experiments import resolve_device
     from .train import evaluate, load_checkpoint, restore_hasher
 
     payload = load_checkpoint(args.checkpoint)
@@ -218,7 +219,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if dataset is None:
         raise SystemExit("error: this checkpoint does not name its data set: pass --dataset")
     data_root = args.data_root or experiment.get("data_root")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     backbone_info = payload["backbone"]
     torch.manual_seed(
         experiment.get("seed", 0)

@@ -237,7 +237,8 @@ def project_paths(start: str | os.PathLike | None = None) -> dict[str, Path]:
     }
 
 
-def _device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The given device, or CUDA when there is one, else the CPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -271,7 +272,7 @@ def run_experiment(
         stored = find_result(cfg, results)
         if stored is not None:
             return {**stored, "skipped": True}
-    device = _device(device)
+    device = resolve_device(device)
     if cache is not None and not isinstance(cache, PrefixCache):
         cache = PrefixCache(cache)
     data = load_dataset(cfg.dataset, cfg.data_root, seed=cfg.split_seed)

@@ -39,7 +39,21 @@ def _init_down(weight: torch.Tensor) -> None:
     nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
 
 
-class LoRALinear(nn.Module):
+class _AdaptedLinear(nn.Module):
+    """Shared by the adapter layers: a frozen ``base`` Linear whose shape they keep."""
+
+    base: nn.Linear
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+
+class LoRALinear(_AdaptedLinear):
     """A frozen ``nn.Linear`` plus a learned low-rank update: ``y = W0 x + b + s · B A x``.
 
     A (rank × in) starts Kaiming-uniform, B (out × rank) starts at zero, so a fresh layer computes
@@ -62,14 +76,6 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=w.dtype))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=w.dtype))
         _init_down(self.lora_A)
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # LoRA: W0 x + s · B (A x)
@@ -133,7 +139,7 @@ class KnowledgePool(nn.Module):
         return self.F(self.knowledge)
 
 
-class CLoRALinear(nn.Module):
+class CLoRALinear(_AdaptedLinear):
     """A frozen ``nn.Linear`` with the knowledge-anchored low-rank update of CLoRA (notes: Model).
 
     For an input ``x`` (batch, tokens, in) with the class token at index 0, per image i:
@@ -181,14 +187,6 @@ class CLoRALinear(nn.Module):
     @property
     def pool(self) -> KnowledgePool:
         return self._pool
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     def select(self, x: torch.Tensor, pool_rows: torch.Tensor) -> torch.Tensor:
         """Top_r class indices (batch, r) for the inputs x (batch, tokens, in); no gradient, float32 even

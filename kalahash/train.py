@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .backbones import state_fingerprint
 from .data import ImageList, RetrievalData
 from .fileio import atomic_write
+from .hashing import sign
 from .metrics import mean_average_precision, precision_at_k
 
 CHECKPOINT_FORMAT = "kalahash-checkpoint"
@@ -104,11 +105,13 @@ class PrefixCache:
     def key(self, hasher: nn.Module, images: ImageList, upto: int) -> str:
         backbone = hasher.backbone
         visual = backbone.visual
-        prefix = nn.ModuleList([visual.conv1, visual.ln_pre, *backbone.blocks[:upto]])
+        prefix = nn.ModuleList([visual.conv1, visual.ln_pre, *backbone.blocks[:upto]]).state_dict()
+        prefix.update(
+            class_embedding=visual.class_embedding, positional_embedding=visual.positional_embedding
+        )
         parts = {
             "backbone": backbone.name,
-            "prefix_weights": state_fingerprint(prefix)
-            + state_fingerprint_params(visual.class_embedding, visual.positional_embedding),
+            "prefix_weights": state_fingerprint(prefix),
             "preprocess": repr(backbone.preprocess),
             "images": images_fingerprint(images),
             "upto": upto,
@@ -148,13 +151,6 @@ class PrefixCache:
         finally:
             hasher.train(was_training)
         return torch.from_numpy(np.load(path, mmap_mode="c"))
-
-
-def state_fingerprint_params(*tensors: torch.Tensor) -> str:
-    digest = hashlib.sha256()
-    for t in tensors:
-        digest.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _use_cache(hasher: nn.Module, cache: PrefixCache | None) -> bool:
@@ -404,20 +400,20 @@ def encode(
             for lo in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress):
                 with _autocast(device):
                     u = hasher.forward_from_tokens(tokens[lo : lo + batch_size].to(device), start)
-                chunks.append(_sign(u))
+                chunks.append(_codes(u))
         else:
             loader = _loader(images.with_transform(hasher.backbone.preprocess), batch_size, 0)
             for batch, _, _ in tqdm(loader, desc=desc, disable=not progress):
                 with _autocast(device):
                     u = hasher(batch.to(device))
-                chunks.append(_sign(u))
+                chunks.append(_codes(u))
     finally:
         hasher.train(was_training)
     return np.concatenate(chunks) if chunks else np.zeros((0, hasher.bits), np.int8)
 
 
-def _sign(u: torch.Tensor) -> np.ndarray:
-    return torch.where(u.float() >= 0, 1, -1).to(torch.int8).cpu().numpy()
+def _codes(u: torch.Tensor) -> np.ndarray:
+    return sign(u.float()).to(torch.int8).cpu().numpy()
 
 
 def evaluate(
