@@ -25,6 +25,8 @@ bytes on any machine. Pre-training images are disjoint from the downstream sets 
 from a different stream: images with a held-out pair cannot occur in it at all, and for the rest two
 images could only coincide if 3,072 bytes of independent per-pixel noise did
 (``tests/test_world.py`` checks by content hash).
+
+Importing this module registers ``shapes`` and ``shapes-multi`` with :func:`kalahash.data.load_dataset`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kalahash.data import ImageList, RetrievalData
+from kalahash.data import ImageList, RetrievalData, register_world
 
 IMAGE_SIZE = 32
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "star", "heart")
@@ -506,3 +508,8 @@ def make_retrieval_data(name: str, seed: int = 0) -> RetrievalData:
 def is_word_phrase(text: str) -> bool:
     """True for lower-case words separated by single spaces (what class names must look like)."""
     return re.fullmatch(r"[a-z]+( [a-z]+)*", text) is not None
+
+
+# Registered at import, so load_dataset("shapes") works; kalahash/__init__ imports this module.
+for _name in WORLD_DATASETS:
+    register_world(_name, make_retrieval_data)

@@ -235,8 +235,8 @@ def test_cifar10_missing_data_says_where_to_put_it(tmp_path):
 
 def test_cifar10_download_from_a_local_url(tmp_path, cifar_archive, monkeypatch):
     archive = cifar_archive[0]
-    monkeypatch.setattr(kd, "CIFAR10_URL", archive.as_uri())
-    monkeypatch.setattr(kd, "CIFAR10_MD5", file_md5(archive))
+    monkeypatch.setattr(kd.cifar10, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(kd.cifar10, "CIFAR10_MD5", file_md5(archive))
     root = tmp_path / "fresh"
     data = _load_tiny_cifar(root, download=True)
     assert len(data.database) == 100

@@ -1,0 +1,101 @@
+"""Retrieval data sets: one image-list type, one registry of loaders, the few-shot protocol.
+
+Every benchmark is a :class:`RetrievalData` (query, train pool, database) built by a loader registered
+under a short name; :func:`load_dataset` is the only entry point notebooks and the CLI need::
+
+    data = load_dataset("cifar10", "data/cifar10", seed=0)
+    train = few_shot_split(data, shots=4, seed=0, out_dir="data/cifar10/splits")
+    check = check_data(data)          # files, overlaps, duplicates, fingerprint
+
+What lives where:
+
+- ``types``: :class:`ImageList`, :class:`RetrievalData`, ``SPLITS``;
+- ``registry``: :func:`register_dataset`, :func:`register_world`, :func:`load_dataset`, name and option checks;
+- ``protocol``: few-shot training sets and the plain-text split files;
+- ``cifar10``, ``listfiles`` (``nuswide``, ``coco``, ``listfile``), ``folder``: the loaders;
+- ``checks``: :func:`check_data` and :func:`data_fingerprint`.
+
+The offline worlds ``shapes`` / ``shapes-multi`` are registered by :mod:`kalahash.world` itself
+(``kalahash/__init__`` imports it). This package imports nothing of kalahash but ``kalahash.fileio``:
+never a world, the backbones, adapters, hashing, training, experiments or the CLI.
+``data/README.md`` says where each data set goes.
+"""
+
+from __future__ import annotations
+
+from .checks import DataCheck, check_data, data_fingerprint
+from .cifar10 import (
+    CIFAR10_ARCHIVE,
+    CIFAR10_FOLDER,
+    CIFAR10_MD5,
+    CIFAR10_URL,
+    download_cifar10,
+    file_md5,
+    load_cifar10,
+    verify_md5,
+)
+from .folder import IMAGE_EXTENSIONS, load_folder
+from .listfiles import LIST_NAMES, load_coco, load_listfile, load_nuswide, read_classnames, read_list_file
+from .protocol import (
+    RULE_GREEDY,
+    RULE_PROTOCOL,
+    RULE_RANDOM,
+    SPLIT_FORMAT,
+    few_shot_indices,
+    few_shot_split,
+    load_split,
+    save_split,
+    split_path,
+)
+from .registry import (
+    DATASETS,
+    Loader,
+    default_data_root,
+    load_dataset,
+    register_dataset,
+    register_world,
+    resolve_dataset_name,
+)
+from .types import SPLITS, ImageList, RetrievalData, Transform
+
+__all__ = [
+    "CIFAR10_ARCHIVE",
+    "CIFAR10_FOLDER",
+    "CIFAR10_MD5",
+    "CIFAR10_URL",
+    "DATASETS",
+    "IMAGE_EXTENSIONS",
+    "LIST_NAMES",
+    "RULE_GREEDY",
+    "RULE_PROTOCOL",
+    "RULE_RANDOM",
+    "SPLITS",
+    "SPLIT_FORMAT",
+    "DataCheck",
+    "ImageList",
+    "Loader",
+    "RetrievalData",
+    "Transform",
+    "check_data",
+    "data_fingerprint",
+    "default_data_root",
+    "download_cifar10",
+    "few_shot_indices",
+    "few_shot_split",
+    "file_md5",
+    "load_cifar10",
+    "load_coco",
+    "load_dataset",
+    "load_folder",
+    "load_listfile",
+    "load_nuswide",
+    "load_split",
+    "read_classnames",
+    "read_list_file",
+    "register_dataset",
+    "register_world",
+    "resolve_dataset_name",
+    "save_split",
+    "split_path",
+    "verify_md5",
+]

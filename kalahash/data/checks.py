@@ -1,0 +1,248 @@
+"""Split integrity: :func:`check_data` (files, counts, overlaps, duplicates) and
+:func:`data_fingerprint`, the hash that identifies a data set's splits in provenance."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from ._util import examples
+from .types import SPLITS, RetrievalData
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def data_fingerprint(data: RetrievalData) -> str:
+    """sha256 over the class names and, per split (query, train, database), the ids and label rows.
+
+    Depends only on what the splits are, not on where the files live, so it is stable across runs and
+    machines; provenance records it. Image contents are not included (see ``DataCheck.content_fingerprint``).
+    """
+    h = hashlib.sha256(b"kalahash-data-v1\n")
+    h.update(("\n".join(data.classnames) + "\n\n").encode("utf-8"))
+    for split, images in data.splits().items():
+        h.update(f"{split} {len(images)} {images.num_classes}\n".encode())
+        h.update(("\n".join(images.ids) + "\n").encode("utf-8"))
+        h.update(np.ascontiguousarray(images.labels, dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class DataCheck:
+    """What :func:`check_data` found. ``ok`` is False when there is any problem; notes are harmless."""
+
+    name: str
+    ok: bool
+    problems: list[str]
+    counts: pd.DataFrame
+    fingerprint: str
+    sizes: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    content_hash: str | None = None
+    content_fingerprint: str | None = None
+
+    def report(self) -> str:
+        status = "OK" if self.ok else f"{len(self.problems)} problem(s)"
+        sizes = " · ".join(f"{s} {n:,}" for s, n in self.sizes.items())
+        per_class = ", ".join(
+            f"{s} {int(self.counts.loc[s].min()):,}–{int(self.counts.loc[s].max()):,}"
+            for s in self.counts.index
+        )
+        lines = [
+            f"check-data {self.name}: {status}",
+            f"  images: {sizes}; {self.counts.shape[1]} classes; per class: {per_class}",
+            f"  content compared by: {self.content_hash or 'not compared (content_hash=False)'}",
+            f"  fingerprint: sha256:{self.fingerprint}",
+        ]
+        lines += [f"  PROBLEM: {p}" for p in self.problems]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _check_file(path: str, full_decode: bool) -> tuple[str | None, str | None]:
+    """(blake2b of the file bytes, None) or (hash or None, what is wrong)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as e:
+        return None, f"unreadable ({e.strerror or e})"
+    digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            if full_decode:
+                img.load()
+            else:
+                img.verify()
+    except Exception as e:
+        return digest, f"not a readable image ({type(e).__name__}: {e})"
+    return digest, None
+
+
+def check_data(
+    data: RetrievalData,
+    *,
+    content_hash: bool = True,
+    progress: bool = True,
+    full_decode: bool = False,
+    workers: int = 8,
+) -> DataCheck:
+    """Check a retrieval data set before training on it.
+
+    - every listed file exists and opens (PIL ``verify``, or a full decode with ``full_decode=True``);
+      in-memory images are present by construction;
+    - counts per split and class (``counts``: split x class DataFrame);
+    - ids repeated within a split, and overlaps between splits by id and, with ``content_hash``, by
+      content: decoded pixels for in-memory images, file bytes (blake2b) for files, so a re-encoded copy
+      is not caught. The protocol allows the train pool inside the database (database = all but query);
+      the query must overlap neither;
+    - the same id with different labels in two splits, classes absent from the train pool.
+
+    ``fingerprint`` (:func:`data_fingerprint`) identifies the splits' ids and labels.
+    """
+    import pandas as pd
+
+    problems: list[str] = []
+    notes: list[str] = []
+    splits = data.splits()
+
+    for split, images in splits.items():
+        if len(images) == 0:
+            problems.append(f"{split} is empty")
+        repeated = [i for i, n in Counter(images.ids).items() if n > 1]
+        if repeated:
+            problems.append(f"{len(repeated)} ids listed more than once in {split}: {examples(repeated)}")
+        unlabeled = int((images.labels.sum(1) == 0).sum())
+        if unlabeled:
+            notes.append(f"{unlabeled} {split} images have no label")
+
+    # Overlaps by id (notes: Protocol: database = all but query; train pool may sit inside it)
+    id_sets = {s: set(images.ids) for s, images in splits.items()}
+    for other in ("train", "database"):
+        both = sorted(id_sets["query"] & id_sets[other])
+        if both:
+            problems.append(f"{len(both)} query images are also in {other} (same id): {examples(both)}")
+    outside = len(id_sets["train"] - id_sets["database"])
+    if outside:
+        notes.append(f"{outside} train-pool images are not in the database (allowed)")
+    conflicts = []
+    for a, b in (("query", "train"), ("query", "database"), ("train", "database")):
+        position = {i: n for n, i in enumerate(splits[b].ids)}
+        pairs = [(n, position[i]) for n, i in enumerate(splits[a].ids) if i in position]
+        if pairs:
+            ia, ib = np.asarray(pairs).T
+            differ = (splits[a].labels[ia] != splits[b].labels[ib]).any(1)
+            conflicts += [f"{splits[a].ids[n]} ({a} vs {b})" for n in ia[differ]]
+    if conflicts:
+        problems.append(
+            f"{len(conflicts)} ids have different labels in different splits: {examples(conflicts)}"
+        )
+
+    # Files: exist, open, hash bytes (each distinct file once; database usually contains the train pool)
+    hashes: dict[str, list[str | None]] = {}
+    file_paths = sorted({str(p) for images in splits.values() if not images.in_memory for p in images.images})
+    file_results: dict[str, tuple[str | None, str | None]] = {}
+    if file_paths:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=len(file_paths),
+            desc=f"check {data.name}",
+            unit="file",
+            disable=not progress or len(file_paths) < 500,
+        )
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for path, result in zip(
+                file_paths, pool.map(lambda p: _check_file(p, full_decode), file_paths), strict=True
+            ):
+                file_results[path] = result
+                bar.update()
+        bar.close()
+        for what in ("missing", "unreadable", "not a readable image"):
+            bad = [p for p, (_, err) in file_results.items() if err is not None and err.startswith(what)]
+            if bad:
+                detail = file_results[bad[0]][1]
+                problems.append(f"{len(bad)} files {what}: {examples(bad)} (first: {detail})")
+    kinds = set()
+    for split, images in splits.items():
+        if not content_hash:
+            break
+        if images.in_memory:
+            kinds.add("pixels (decoded uint8 arrays, blake2b)")
+            rows = np.ascontiguousarray(images.images)
+            hashes[split] = [hashlib.blake2b(r.tobytes(), digest_size=16).hexdigest() for r in rows]
+        else:
+            kinds.add("file bytes (blake2b)")
+            hashes[split] = [file_results[str(p)][0] for p in images.images]
+    content_fp = None
+    if content_hash:
+        if len(kinds) > 1:
+            notes.append("splits mix in-memory and file images: content compared within each kind only")
+        query_by_hash: dict[str, list[str]] = {}
+        for i, d in zip(splits["query"].ids, hashes.get("query", []), strict=False):
+            if d is not None:
+                query_by_hash.setdefault(d, []).append(i)
+        for other in ("train", "database"):
+            pairs = [
+                f"{qid} = {oid}"
+                for oid, d in zip(splits[other].ids, hashes.get(other, []), strict=False)
+                if d in query_by_hash
+                for qid in query_by_hash[d]
+                if qid != oid
+            ]
+            if pairs:
+                problems.append(
+                    f"{len(pairs)} query images have identical content in {other} under another id: "
+                    f"{examples(sorted(pairs))}"
+                )
+        for split, digests in hashes.items():
+            ids_by_hash: dict[str, set[str]] = {}
+            for d, n in Counter(d for d in digests if d is not None).items():
+                if n > 1:
+                    ids_by_hash[d] = set()
+            for i, d in zip(splits[split].ids, digests, strict=True):
+                if d in ids_by_hash:
+                    ids_by_hash[d].add(i)
+            groups = [sorted(g) for g in ids_by_hash.values() if len(g) > 1]
+            if groups:
+                extra = sum(len(g) - 1 for g in groups)
+                example = " = ".join(groups[0][:3])
+                notes.append(f"{split} holds {extra} content duplicates under other ids, e.g. {example}")
+        h = hashlib.sha256()
+        for split in SPLITS:
+            h.update(("\n".join(d or "-" for d in hashes.get(split, [])) + "\n").encode())
+        content_fp = h.hexdigest()
+
+    counts = pd.DataFrame(
+        np.stack([images.labels.sum(0) for images in splits.values()]).astype(np.int64),
+        index=pd.Index(list(SPLITS), name="split"),
+        columns=pd.Index(list(data.classnames), name="class"),
+    )
+    absent = [c for c, n in counts.loc["train"].items() if n == 0]
+    if absent:
+        problems.append(f"classes with no train-pool image (no few-shot split possible): {examples(absent)}")
+    for split in ("query", "database"):
+        absent = [c for c, n in counts.loc[split].items() if n == 0]
+        if absent:
+            notes.append(f"classes with no {split} image: {examples(absent)}")
+
+    return DataCheck(
+        name=data.name,
+        ok=not problems,
+        problems=problems,
+        counts=counts,
+        fingerprint=data_fingerprint(data),
+        sizes={s: len(images) for s, images in splits.items()},
+        notes=notes,
+        content_hash=" + ".join(sorted(kinds)) if content_hash else None,
+        content_fingerprint=content_fp,
+    )
