@@ -206,18 +206,28 @@ def find_result(config: ExperimentConfig, path: str | os.PathLike = DEFAULT_RESU
 
 
 def checked_data(data: Any, cache_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
-    """The integrity check of a data set, run once per set of splits and remembered by fingerprint.
+    """The integrity check of a data set, remembered while its lists and its images stay the same.
 
     Opening every file of NUS-WIDE or MS-COCO takes minutes, so a sweep reuses the stored verdict for
-    the same lists (same ids and labels); ``kalahash check-data`` always checks afresh.
+    the same lists (ids and labels: the fingerprint) as long as every file keeps its size and
+    modification time (or the in-memory pixels their content): repairing or breaking an image makes the
+    next run check again. ``kalahash check-data`` always checks afresh.
     """
-    from .data import check_data, data_fingerprint
+    from .data import check_data, content_stamp, data_fingerprint
 
     path = Path(cache_dir) / f"{data.name}-{data_fingerprint(data)[:20]}.json"
+    stamp = content_stamp(data)  # before the check: a file changed during it is checked again next time
     if path.exists():
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
+        if record.get("content_stamp") == stamp:
+            return record
     check = check_data(data, progress=progress)
-    record = {"ok": check.ok, "fingerprint": check.fingerprint, "report": check.report()}
+    record = {
+        "ok": check.ok,
+        "fingerprint": check.fingerprint,
+        "content_stamp": stamp,
+        "report": check.report(),
+    }
     atomic_write_text(path, json.dumps(record, indent=2))
     return record
 
@@ -261,6 +271,7 @@ def run_experiment(
     allow_failed_check: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
+    strict_shots: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate one configuration; return its row and append it to ``results``.
 
@@ -268,6 +279,8 @@ def run_experiment(
     ``skipped=True``) unless ``force``. Data whose integrity check failed is refused unless
     ``allow_failed_check``. ``cache`` is a :class:`PrefixCache` or its folder (``None``: no cache).
     ``workdir`` keeps the few-shot split lists (``splits/``) and remembered data checks (``data_checks/``).
+    A class the train pool cannot give ``shots`` images is recorded in ``shot_shortfall``;
+    ``strict_shots`` refuses to run instead.
     """
     from .backbones import load_backbone
     from .data import few_shot_split, load_dataset
@@ -287,8 +300,8 @@ def run_experiment(
             f"the data check of {cfg.dataset!r} failed:\n{check['report']}\nFix the data, or pass "
             "allow_failed_check=True (CLI: --allow-failed-check) to run anyway."
         )
-    split_dir = Path(workdir) / "splits" / f"{cfg.dataset}-split{cfg.split_seed}"
-    train_set = few_shot_split(data, cfg.shots, seed=cfg.seed, out_dir=split_dir)
+    split_dir = Path(workdir) / "splits" / f"{cfg.dataset}-{check['fingerprint'][:12]}-split{cfg.split_seed}"
+    train_set = few_shot_split(data, cfg.shots, seed=cfg.seed, out_dir=split_dir, strict=strict_shots)
     hparams, hparams_source = cfg.resolved_hparams()
     torch.manual_seed(cfg.seed)
     backbone = load_backbone(cfg.backbone, cfg.pretrained, device=device)
@@ -308,6 +321,7 @@ def run_experiment(
         "hparams_used": json.dumps(hparams, sort_keys=True),
         "hparams_source": hparams_source,
         "train_images": len(train_set),
+        "shot_shortfall": train_set.shortfall_text,
         "train_batch_size": train_config.batch_size,
         "map": scores["map"],
         "map_at": scores["map_topk"],
