@@ -46,7 +46,7 @@ def test_run_refuses_data_whose_check_failed(tmp_path):
     assert not (tmp_path / "r.csv").exists()
     row = run_experiment(
         _config(root, method="lb"), results=tmp_path / "r.csv", workdir=tmp_path / "w", allow_failed_check=True,
-        progress=False,
+        cache=tmp_path / "cache", progress=False,
     )  # fmt: skip
     assert row["data_check_ok"] is False and len(pd.read_csv(tmp_path / "r.csv")) == 1
 
