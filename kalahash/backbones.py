@@ -112,6 +112,26 @@ def split_attention(module: nn.Module) -> int:
     return count
 
 
+def open_clip_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s state dict (CPU copies) in open_clip's layout: each :class:`SplitAttention` back to
+    the fused ``in_proj_weight``/``in_proj_bias`` of ``nn.MultiheadAttention``, so that open_clip, and
+    ``load_backbone(name, pretrained=<file>)``, load it. Adapters must be merged first (ValueError)."""
+    state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    for name, child in module.named_modules():
+        if not isinstance(child, SplitAttention):
+            continue
+        prefix = f"{name}." if name else ""
+        try:
+            for kind in ("weight", "bias"):
+                parts = [state.pop(f"{prefix}{p}_proj.{kind}") for p in "qkv"]
+                state[f"{prefix}in_proj_{kind}"] = torch.cat(parts)
+        except KeyError as err:
+            raise ValueError(
+                f"{prefix}{err.args[0]} is not a plain projection (an adapter?): merge adapters before export"
+            ) from None
+    return state
+
+
 def state_fingerprint(state: nn.Module | Mapping[str, torch.Tensor]) -> str:
     """A short hash of a module's parameters and buffers (or of named tensors), to tie results and
     checkpoints to exact weights."""

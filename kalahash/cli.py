@@ -48,6 +48,7 @@ def _add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
     p.add_argument(
         "--data-root", default=None, help="folder holding the data set (not needed for built-in worlds)"
     )
+    _add_list_args(p)
     p.add_argument(
         "--shots",
         type=int,
@@ -123,9 +124,32 @@ def _add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
     _add_run_options(p)
 
 
+def _add_list_args(p: argparse.ArgumentParser) -> None:
+    """The list files of ``--dataset listfile`` (your own data), relative to --data-root or absolute."""
+    for name, what in (
+        ("train-list", "train pool"),
+        ("query-list", "queries"),
+        ("database-list", "database"),
+    ):
+        p.add_argument(f"--{name}", default=None, help=f"--dataset listfile: list file of the {what}")
+    p.add_argument(
+        "--classnames", default=None, help="--dataset listfile: class names file, one a line, in label order"
+    )
+
+
+def _list_options(args: argparse.Namespace) -> dict[str, str]:
+    names = ("train_list", "query_list", "database_list", "classnames")
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--results", default=str(DEFAULT_RESULTS), help="results table, CSV (default: %(default)s)"
+    )
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="folder for few-shot split lists and remembered data checks (default: the results table's)",
     )
     p.add_argument(
         "--cache",
@@ -149,6 +173,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "results": args.results,
+        "workdir": args.workdir,
         "cache": None if args.cache == "none" else args.cache,
         "force": args.force,
         "allow_failed_check": args.allow_failed_check,
@@ -171,6 +196,7 @@ def _base_config(args: argparse.Namespace, **extra: Any) -> ExperimentConfig:
         hyperparameters=_hyperparameters(args.hp),
         topk=args.topk,
         ties=args.ties,
+        **_list_options(args),
         **extra,
     )
 
@@ -191,6 +217,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.checkpoint and len(args.seeds) > 1:
         raise SystemExit("error: --checkpoint takes a single seed")
+    if args.resume and not args.checkpoint:
+        raise SystemExit("error: --resume needs --checkpoint FILE, the checkpoint to continue")
     base = _base_config(args, shots=args.shots, bits=args.bits, method=args.method)
     rows = []
     for seed in args.seeds:
@@ -198,6 +226,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             replace(base, seed=seed), checkpoint=args.checkpoint, resume=args.resume, **_run_kwargs(args)
         )
         status = "stored result (use --force to rerun)" if row["skipped"] else "done"
+        if not row["skipped"] and row["resumed_from_epoch"] >= row["epochs"]:
+            status = f"checkpoint {args.checkpoint} is of a finished run: re-scored, not trained further"
         print(f"seed {seed}: mAP@{row['map_at']} = {row['map']:.4f} ({row['ties_rule']} ties) [{status}]")
         rows.append(row)
     if len(rows) > 1:
@@ -257,6 +287,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         force=args.force,
         progress=not args.quiet,
+        cache=None if args.cache == "none" else args.cache,
     )
     _print_table(table)
     print(
@@ -268,7 +299,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_check_data(args: argparse.Namespace) -> int:
     from .experiments import check_dataset
 
-    check = check_dataset(args.dataset, args.data_root, split_seed=args.split_seed, progress=not args.quiet)
+    check = check_dataset(
+        args.dataset,
+        args.data_root,
+        split_seed=args.split_seed,
+        progress=not args.quiet,
+        **_list_options(args),
+    )
     print(check.report())
     return 0 if check.ok else 1
 
@@ -286,7 +323,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .experiments import export_checkpoint
 
     exported = export_checkpoint(args.checkpoint, args.output, pretrained=args.pretrained)
-    print(f"wrote {exported.path}: {exported.method} with its adapters folded into the weights")
+    print(
+        f"wrote {exported.path}: the {exported.method} run's CLIP weights, adapters folded in (open_clip "
+        f"layout: use it as --pretrained {exported.path} with the run's --backbone), and its hash head "
+        "(kalahash.experiments.load_exported gives the run's codes)"
+    )
     return 0
 
 
@@ -304,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="figures", help="folder for figures and the table (default: %(default)s)")
     p.add_argument("--results", default=str(DEFAULT_RESULTS), help="results table (default: %(default)s)")
+    p.add_argument(
+        "--cache",
+        default=str(DEFAULT_CACHE),
+        help="frozen-prefix token cache folder; 'none' disables it (default: %(default)s)",
+    )
     p.add_argument("--shots", type=int, default=1, help="(default: %(default)s)")
     p.add_argument("--bits", type=int, default=16, help="(default: %(default)s)")
     p.add_argument("--epochs", type=int, default=100, help="(default: %(default)s)")
@@ -341,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-root", default=None, help="its folder (default: data/<name> or $KALAHASH_DATA/<name>)"
     )
     p.add_argument("--split-seed", type=int, default=0, help="seed of the query/database split (default: 0)")
+    _add_list_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_check_data)
 
@@ -352,9 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_tiny_arguments(p)
     p.set_defaults(func=cmd_pretrain_tiny)
 
-    p = sub.add_parser("export", help="fold plain-LoRA adapters into the weights of a checkpoint's model")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint of a plain-LoRA (method lora) run")
-    p.add_argument("--output", required=True, help="where to write the merged model's state dict")
+    p = sub.add_parser(
+        "export", help="write a checkpoint's model as CLIP weights (plain LoRA folded in) plus its hash head"
+    )
+    p.add_argument("--checkpoint", required=True, help="a checkpoint of a lb, fft or plain-LoRA run")
+    p.add_argument(
+        "--output", required=True, help="the file to write, loadable with --pretrained (open_clip layout)"
+    )
     p.add_argument("--pretrained", default=None, help="backbone weights, if not the checkpoint's")
     p.set_defaults(func=cmd_export)
     return parser

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import itertools
 import json
 import os
-import platform
-import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -18,9 +15,14 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
-from . import __version__
-from .fileio import atomic_write, atomic_write_text
-from .presets import LORA_BASELINE, preset
+from . import results_table
+from .checkpoints import check_same_data, data_identity, export_model
+from .checkpoints import load_exported as load_exported
+from .fileio import atomic_write_text
+from .machine import provenance, resolve_device
+from .presets import LORA_BASELINE, setting_hparams
+from .results_table import DEFAULT_RESULTS, recorded_fields
+from .results_table import DamagedRowWarning as DamagedRowWarning
 from .train import PrefixCache, TrainConfig, evaluate, fit, load_checkpoint, restore_hasher, save_checkpoint
 
 if TYPE_CHECKING:
@@ -28,7 +30,6 @@ if TYPE_CHECKING:
 
     from .data import DataCheck
 
-DEFAULT_RESULTS = Path("results/results.csv")
 DEFAULT_CACHE = Path("cache/prefix")
 METHODS = ("lb", "fft", "lora", "clora", "kalahash")
 # Which preset hyperparameters each method uses; the rest of a preset does not apply to it.
@@ -39,6 +40,15 @@ _METHOD_KEYS = {
     "clora": ("rank", "strength"),
     "kalahash": ("rank", "strength", "kiddo_alpha", "kiddo_beta", "kiddo_gamma"),
 }
+# The list files of dataset "listfile"; unset (None), they are left out of config_id, so that adding
+# them kept the id of every stored config.
+LIST_OPTIONS = ("train_list", "query_list", "database_list", "classnames")
+
+
+def config_hash(row: Mapping[str, Any]) -> str:
+    """The config_id of a config's row: everything that determines its result, less unset LIST_OPTIONS."""
+    kept = {k: v for k, v in row.items() if not (k in LIST_OPTIONS and v is None)}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,9 @@ class ExperimentConfig:
 
     ``seed`` draws the few-shot sample and seeds training; the query/database split of a data set is
     fixed (``split_seed``) so every method and seed is scored on the same images. ``hyperparameters``
-    override the preset of the setting (``kalahash.presets``).
+    override the preset of the setting (``kalahash.presets``). Dataset ``listfile`` (your own lists)
+    needs ``train_list``, ``query_list``, ``database_list`` and ``classnames`` (a file, one name a
+    line), relative to ``data_root`` or absolute.
     """
 
     dataset: str = "shapes"
@@ -66,6 +78,10 @@ class ExperimentConfig:
     topk: int | None = None
     ties: str = "index"
     split_seed: int = 0
+    train_list: str | None = None
+    query_list: str | None = None
+    database_list: str | None = None
+    classnames: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -84,15 +100,45 @@ class ExperimentConfig:
         if self.ties not in ("index", "average"):
             raise ValueError(f"ties must be 'index' or 'average', got {self.ties!r}")
         object.__setattr__(self, "hyperparameters", dict(self.hyperparameters))
+        given = [name for name in LIST_OPTIONS if getattr(self, name) is not None]
+        if self.dataset == "listfile" and len(given) < len(LIST_OPTIONS):
+            missing = ", ".join(n for n in LIST_OPTIONS if n not in given)
+            raise ValueError(f"dataset 'listfile' needs {missing} (CLI: --train-list ... --classnames)")
+        if self.dataset != "listfile" and given:
+            raise ValueError(
+                f"{', '.join(given)}: options of dataset 'listfile' only, not of {self.dataset!r}"
+            )
 
-    def resolved_hparams(self) -> tuple[dict[str, Any], str]:
-        """The hyperparameters this run uses and where they come from (preset source or 'given')."""
+    def data_options(self) -> dict[str, str]:
+        """The loader options of the data set (the list files of ``listfile``)."""
+        return {name: getattr(self, name) for name in LIST_OPTIONS if getattr(self, name) is not None}
+
+    def with_absolute_paths(self) -> ExperimentConfig:
+        """This run with its data root, weights file and (without a data root) list files made absolute,
+        as checkpoints record it: they are used from other working directories."""
+
+        def absolute(path: str | None) -> str | None:
+            return None if path is None else str(Path(path).expanduser().resolve())
+
+        lists = {} if self.data_root is not None else {n: absolute(getattr(self, n)) for n in LIST_OPTIONS}
+        weights = self.pretrained is not None and Path(self.pretrained).expanduser().is_file()
+        pretrained = absolute(self.pretrained) if weights else self.pretrained
+        return replace(self, data_root=absolute(self.data_root), pretrained=pretrained, **lists)
+
+    def resolved_hparams(self, num_classes: int | None = None) -> tuple[dict[str, Any], str]:
+        """The hyperparameters this run uses and where they come from (preset source or 'given').
+
+        A data set without a released setting gets the release's defaults; with ``num_classes`` their
+        CLoRA rank is capped at the number of classes (CLoRA selects rank classes per image).
+        """
         keys = _METHOD_KEYS[self.method]
         if self.method == "lora":
             base, source = dict(LORA_BASELINE), "release default config"
         elif keys:
-            p = preset(self.dataset, self.shots, self.bits)
+            p = setting_hparams(self.dataset, self.shots, self.bits)
             base, source = {k: p.hparams[k] for k in keys}, p.source
+            if p.defaults and num_classes is not None and base["rank"] > num_classes:
+                base["rank"], source = num_classes, f"{source}; rank capped at the {num_classes} classes"
         else:
             base, source = {}, "none needed"
         if self.method != "kalahash":
@@ -112,93 +158,41 @@ class ExperimentConfig:
     @property
     def config_id(self) -> str:
         """Identifies a run by everything that determines its result."""
-        return hashlib.sha256(json.dumps(self.to_row(), sort_keys=True, default=str).encode()).hexdigest()[
-            :12
-        ]
-
-
-def _git_commit() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
-
-
-def provenance(device: torch.device | str | None = None) -> dict[str, str]:
-    """Where a number came from: code version, library versions, machine."""
-    import open_clip
-
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda":
-        device_name = torch.cuda.get_device_name(device)
-    else:
-        device_name = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    return {
-        "git_commit": _git_commit(),
-        "kalahash_version": __version__,
-        "torch_version": torch.__version__,
-        "open_clip_version": open_clip.__version__,
-        "python_version": platform.python_version(),
-        "device": device_name,
-    }
+        return config_hash(self.to_row())
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The results table
 
 
-class _Locked:
-    """An exclusive lock on ``<path>.lock`` so that concurrent writers take turns."""
-
-    def __init__(self, path: Path):
-        self.lock_path = path.with_name(path.name + ".lock")
-
-    def __enter__(self) -> None:
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.lock_path, "a")
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
+def _config_problem(cells: Mapping[str, str]) -> str | None:
+    """Why a results row is not the run its config_id names (None: it is, or the row cannot tell)."""
+    if "config_id" not in cells:
+        return None
+    try:
+        recorded = recorded_fields(cells, ExperimentConfig)
+    except ValueError as err:
+        return str(err)
+    if recorded is None or config_hash(recorded) == cells["config_id"]:
+        return None
+    return (
+        f"its config_id {cells['config_id']} is not that of the config it records ({config_hash(recorded)})"
+    )
 
 
 def read_results(path: str | os.PathLike = DEFAULT_RESULTS) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        return pd.DataFrame()
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    """The intact rows of a results table (:mod:`kalahash.results_table`); a damaged row (cut, not a
+    number, or not the run its config_id names) is skipped with a DamagedRowWarning naming file:line."""
+    return results_table.read_results(path, _config_problem)
 
 
 def append_result(row: Mapping[str, Any], path: str | os.PathLike = DEFAULT_RESULTS) -> None:
-    """Append one row atomically; two processes appending at once both land, the file stays whole."""
-    path = Path(path)
-    with _Locked(path):
-        table = pd.concat([read_results(path), pd.DataFrame([dict(row)])], ignore_index=True)
-        atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+    """Append one row atomically (concurrent appends all land); damaged rows move to ``<path>.damaged``."""
+    results_table.append_result(row, path, _config_problem)
 
 
 def find_result(config: ExperimentConfig, path: str | os.PathLike = DEFAULT_RESULTS) -> dict[str, Any] | None:
-    table = read_results(path)
-    if table.empty or "config_id" not in table:
-        return None
-    hits = table[table["config_id"] == config.config_id]
-    return None if hits.empty else hits.iloc[-1].to_dict()
+    return results_table.find_row(config.config_id, path, _config_problem)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -252,20 +246,13 @@ def project_paths(start: str | os.PathLike | None = None) -> dict[str, Path]:
     }
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The given device, or CUDA when there is one, else the CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def run_experiment(
     cfg: ExperimentConfig,
     *,
     results: str | os.PathLike | None = DEFAULT_RESULTS,
     force: bool = False,
     cache: PrefixCache | str | os.PathLike | None = DEFAULT_CACHE,
-    workdir: str | os.PathLike = "results",
+    workdir: str | os.PathLike | None = None,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     allow_failed_check: bool = False,
@@ -278,14 +265,19 @@ def run_experiment(
     A configuration already in ``results`` is not run again (its stored row comes back with
     ``skipped=True``) unless ``force``. Data whose integrity check failed is refused unless
     ``allow_failed_check``. ``cache`` is a :class:`PrefixCache` or its folder (``None``: no cache).
-    ``workdir`` keeps the few-shot split lists (``splits/``) and remembered data checks (``data_checks/``).
-    A class the train pool cannot give ``shots`` images is recorded in ``shot_shortfall``;
-    ``strict_shots`` refuses to run instead.
+    ``workdir`` keeps the few-shot split lists (``splits/``) and remembered data checks (``data_checks/``);
+    by default the results table's folder. A class the train pool cannot give ``shots`` images is recorded
+    in ``shot_shortfall``; ``strict_shots`` refuses to run instead. ``resume`` continues ``checkpoint``
+    (refused for another configuration or data); a finished run's checkpoint is re-scored
+    (``resumed_from_epoch`` of the returned row equals ``epochs``).
     """
     from .backbones import load_backbone
     from .data import few_shot_split, load_dataset
     from .hashing import build_hasher
 
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=, the file to resume from (CLI: --checkpoint)")
+    workdir = Path(workdir) if workdir is not None else Path(results or DEFAULT_RESULTS).parent
     if results is not None and not force:
         stored = find_result(cfg, results)
         if stored is not None:
@@ -293,7 +285,7 @@ def run_experiment(
     device = resolve_device(device)
     if cache is not None and not isinstance(cache, PrefixCache):
         cache = PrefixCache(cache)
-    data = load_dataset(cfg.dataset, cfg.data_root, seed=cfg.split_seed)
+    data = load_dataset(cfg.dataset, cfg.data_root, seed=cfg.split_seed, **cfg.data_options())
     check = checked_data(data, Path(workdir) / "data_checks", progress=progress)
     if not check["ok"] and not allow_failed_check:
         raise ValueError(
@@ -302,15 +294,26 @@ def run_experiment(
         )
     split_dir = Path(workdir) / "splits" / f"{cfg.dataset}-{check['fingerprint'][:12]}-split{cfg.split_seed}"
     train_set = few_shot_split(data, cfg.shots, seed=cfg.seed, out_dir=split_dir, strict=strict_shots)
-    hparams, hparams_source = cfg.resolved_hparams()
+    hparams, hparams_source = cfg.resolved_hparams(num_classes=len(data.classnames))
     torch.manual_seed(cfg.seed)
     backbone = load_backbone(cfg.backbone, cfg.pretrained, device=device)
     hasher = build_hasher(cfg.method, backbone, data.classnames, cfg.bits, **hparams)
     train_config = TrainConfig(
         epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(train_set)), lr=cfg.lr, seed=cfg.seed
     )
+    extra = {
+        "experiment": cfg.with_absolute_paths().to_row(),
+        "data": data_identity(data.name, data.classnames),
+    }
     trained = fit(
-        hasher, train_set, train_config, cache=cache, checkpoint=checkpoint, resume=resume, progress=progress
+        hasher,
+        train_set,
+        train_config,
+        cache=cache,
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+        checkpoint_extra=extra,
     )
     began = time.perf_counter()
     scores = evaluate(hasher, data, topk=cfg.topk, cache=cache, ties=cfg.ties, progress=progress)
@@ -346,12 +349,12 @@ def run_experiment(
             history=trained.history,
             seconds=trained.seconds,
             train_config=asdict(train_config),
-            experiment=cfg.to_row(),
             result_row=row,
+            **extra,
         )
     if results is not None:
         append_result(row, results)
-    return {**row, "skipped": False}
+    return {**row, "skipped": False, "resumed_from_epoch": trained.resumed_from_epoch}
 
 
 def expand_grid(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]]) -> list[ExperimentConfig]:
@@ -400,17 +403,17 @@ def run_demo(
     seed: int = 42,
     force: bool = False,
     progress: bool = True,
+    cache: str | os.PathLike | None = DEFAULT_CACHE,
 ) -> pd.DataFrame:
-    """The README's main job: LB, FFT, plain LoRA and KALAHash on the built-in offline world."""
+    """The README's main job: LB, FFT, plain LoRA and KALAHash on the built-in offline world.
+
+    Split lists and data checks go beside ``results``; ``cache`` is the prefix cache folder (None: none).
+    """
     from .plots import bar_by_method, save_figure, save_table
 
     base = ExperimentConfig(dataset=dataset, shots=shots, bits=bits, epochs=epochs, seed=seed)
-    rows = pd.DataFrame(
-        [
-            run_experiment(replace(base, method=m), results=results, force=force, progress=progress)
-            for m in DEMO_METHODS
-        ]
-    )
+    options = {"results": results, "cache": cache, "force": force, "progress": progress}
+    rows = pd.DataFrame([run_experiment(replace(base, method=m), **options) for m in DEMO_METHODS])
     table = rows[
         ["method", "map", "map_at", "p_at_100", "train_seconds", "trainable_params", "hparams_source"]
     ]
@@ -431,7 +434,7 @@ class UnnamedDatasetError(ValueError):
 
 @dataclass(frozen=True)
 class ExportedModel:
-    """What :func:`export_checkpoint` wrote: the merged model's state dict file and its method."""
+    """What :func:`export_checkpoint` wrote: the file (open_clip weights + hash head) and the run's method."""
 
     path: Path
     method: str
@@ -467,7 +470,8 @@ def evaluate_checkpoint(
     ``dataset``, ``data_root`` and ``pretrained`` default to the checkpoint's own; the query/database
     split is the run's. Returns :func:`kalahash.train.evaluate`'s scores (``map``, ``map_topk``,
     ``p_at_100``, the codes ...). A checkpoint that names no data set needs ``dataset``
-    (:class:`UnnamedDatasetError`, a ValueError, otherwise).
+    (:class:`UnnamedDatasetError`, a ValueError, otherwise); data with other classes than the
+    checkpoint's is refused (ValueError naming both).
     """
     from .data import load_dataset
 
@@ -476,34 +480,52 @@ def evaluate_checkpoint(
     dataset = dataset or experiment.get("dataset")
     if dataset is None:
         raise UnnamedDatasetError(f"checkpoint {str(path)!r} does not name its data set: pass dataset")
-    data_root = data_root or experiment.get("data_root")
-    hasher = _restored_hasher(payload, pretrained, resolve_device(device))
-    data = load_dataset(dataset, data_root, seed=experiment.get("split_seed", 0))
+    own = dataset == experiment.get("dataset")
+    options = {n: experiment[n] for n in LIST_OPTIONS if own and experiment.get(n) is not None}
+    root = data_root if data_root is not None or not own else experiment.get("data_root")
+    device = resolve_device(device)
+    try:
+        data = load_dataset(dataset, root, seed=experiment.get("split_seed", 0), **options)
+    except FileNotFoundError as err:
+        if data_root is not None or root is None:
+            raise
+        raise FileNotFoundError(
+            f"{err}\n(data root {root!r} comes from checkpoint {str(path)!r}: if the data is elsewhere now, "
+            "pass data_root= its folder; CLI: --data-root)"
+        ) from err
+    check_same_data(payload, data_identity(data.name, data.classnames), path, "score")
+    hasher = _restored_hasher(payload, pretrained, device)
     return evaluate(hasher, data, topk=topk, ties=ties, progress=progress)
 
 
 def export_checkpoint(
     path: str | os.PathLike, out: str | os.PathLike, *, pretrained: str | None = None
 ) -> ExportedModel:
-    """Fold a plain-LoRA checkpoint's adapters into the weights and save the model's state dict to
-    ``out`` (atomic; CLI: ``kalahash export``). CLoRA cannot be folded: ValueError, nothing written."""
+    """Fold a checkpoint's plain-LoRA adapters into the weights and write the CLIP model in open_clip's
+    layout plus the hash head to ``out`` (atomic; CLI: ``kalahash export``): ``load_backbone(name,
+    pretrained=out)`` (CLI: ``--pretrained out``) loads the adapted backbone, ``load_exported(out)``
+    the backbone and head (the run's codes). CLoRA cannot be folded: ValueError, nothing written."""
     payload = load_checkpoint(path)
-    merged = _restored_hasher(payload, pretrained, None).merged()
-    out = Path(out)
-    atomic_write(out, lambda tmp: torch.save(merged.state_dict(), tmp))
+    out = export_model(_restored_hasher(payload, pretrained, None), out)
     return ExportedModel(out, payload["method"])
 
 
 def check_dataset(
-    name: str, data_root: str | os.PathLike | None = None, *, split_seed: int = 0, progress: bool = True
+    name: str,
+    data_root: str | os.PathLike | None = None,
+    *,
+    split_seed: int = 0,
+    progress: bool = True,
+    **options: Any,
 ) -> DataCheck:
     """Check a data set afresh: files, splits, duplicates, overlaps (CLI: ``kalahash check-data``).
 
-    Unlike :func:`checked_data`, which runs remember, nothing is stored or reused.
+    ``options`` go to the loader (the list files of ``listfile``). Unlike :func:`checked_data`, which
+    runs remember, nothing is stored or reused.
     """
     from .data import check_data, load_dataset
 
-    return check_data(load_dataset(name, data_root, seed=split_seed), progress=progress)
+    return check_data(load_dataset(name, data_root, seed=split_seed, **options), progress=progress)
 
 
 WORLDS = ("shapes", "shapes-multi")
@@ -557,6 +579,10 @@ def notebook_settings(profile: str = "auto", **given: Any) -> dict[str, Any]:
     ``papermill 03_shots.ipynb out.ipynb -p dataset cifar10`` runs the paper's setting. A real data
     set without ``data_root`` is looked for in ``data/<name>`` of the project (or ``$KALAHASH_DATA``),
     wherever the notebook runs from. List settings accept text (``-p seeds "0 1 2"``).
+
+    The profile's ``pretrained`` goes with its backbone only: with another backbone (and no
+    ``pretrained`` given) it is None, the backbone's own default; ``pretrained=""`` or ``"None"``
+    (papermill's ``-p pretrained ""``) also means that default.
     """
     from .data import default_data_root, resolve_dataset_name
 
@@ -565,7 +591,13 @@ def notebook_settings(profile: str = "auto", **given: Any) -> dict[str, Any]:
         profile = "smoke" if dataset is None or dataset in WORLDS else "paper"
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose auto, {', '.join(PROFILES)}")
-    settings = {**PROFILES[profile], **{k: v for k, v in given.items() if v is not None}}
+    chosen = {k: v for k, v in given.items() if v is not None}
+    base = dict(PROFILES[profile])
+    if chosen.get("backbone", base["backbone"]) != base["backbone"]:
+        base["pretrained"] = None  # the profile's weights are its backbone's
+    settings = {**base, **chosen}
+    if str(settings.get("pretrained")).strip() in ("", "None"):
+        settings["pretrained"] = None
     settings["profile"] = profile
     settings["dataset"] = resolve_dataset_name(settings["dataset"])
     for name in _LIST_SETTINGS:

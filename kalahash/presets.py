@@ -2,7 +2,8 @@
 
 The release tuned CLoRA's rank r and strength α and KIDDO's loss weights per data set and shot count,
 for 16 bits on CLIP ViT-B/32 (notes: Released hyperparameters). Every other setting the notebooks use
-gets the values of the nearest released shot count, and says so in ``source``.
+gets the values of the nearest released shot count, and says so in ``source``. A data set the release
+has no setting for (a user's own) gets the release's defaults, marked ``release defaults``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ _RELEASED: dict[str, dict[int, tuple[int, float, float, float, float]]] = {
 _BORROWED = {"shapes": "cifar10", "shapes-multi": "nuswide"}
 # Plain LoRA baseline: the release's default model config before per-setting overrides.
 LORA_BASELINE = {"rank": 8, "strength": 0.5}
+# For data sets the release has no setting for (a user's own): that default config and the paper's
+# default loss weights (ALPHA 0.1, BETA 1, GAMMA 1).
+RELEASE_DEFAULTS = {**LORA_BASELINE, "kiddo_alpha": 0.1, "kiddo_beta": 1.0, "kiddo_gamma": 1.0}
+DEFAULTS_SOURCE = "release defaults"
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,11 @@ class Preset:
     @property
     def released(self) -> bool:
         return self.source == "released"
+
+    @property
+    def defaults(self) -> bool:
+        """Whether these are the release's defaults, not a per-setting preset."""
+        return self.source.startswith(DEFAULTS_SOURCE)
 
 
 def _nearest_released(shots: int) -> int:
@@ -88,6 +98,14 @@ def preset(dataset: str, shots: int, bits: int) -> Preset:
             reasons.append("released values are for 16 bits")
         source = "ours: " + "; ".join(reasons)
     return Preset(dataset, shots, bits, hparams, source)
+
+
+def setting_hparams(dataset: str, shots: int, bits: int) -> Preset:
+    """The preset of a setting; for a data set without presets, the release's defaults, marked so."""
+    if _BORROWED.get(dataset, dataset) in _RELEASED:
+        return preset(dataset, shots, bits)
+    source = f"{DEFAULTS_SOURCE} (no released setting for {dataset!r})"
+    return Preset(dataset, shots, bits, dict(RELEASE_DEFAULTS), source)
 
 
 def preset_table() -> list[Preset]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +30,9 @@ from .checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     check_backbone_matches,
+    check_same_data,
+    check_same_run,
+    data_identity,
     load_checkpoint,
     restore_hasher,
     save_checkpoint,
@@ -137,19 +140,36 @@ def make_optimizer(hasher: nn.Module, config: TrainConfig) -> tuple[torch.optim.
 
 
 def restore_training_state(
-    path: str | os.PathLike, hasher: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig
+    path: str | os.PathLike,
+    hasher: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    expected: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Resume: load the trained parts and optimizer of a checkpoint written by :func:`save_training_state`
-    with the same settings and backbone; the result carries its history, seconds and epochs done."""
+    with the same data (classes), settings, backbone and ``expected`` ``"data"``/``"experiment"``
+    records; the result carries its history, seconds and epochs done. The checkpoint of a finished
+    run (all epochs done, no optimizer state) comes back as it is, with nothing left to train."""
     payload = load_checkpoint(path)
+    expected = expected or {}
+    check_same_data(payload, expected.get("data") or data_identity(None, hasher.classnames), path, "resume")
+    if "experiment" in expected:
+        check_same_run(payload, expected["experiment"], path)
     check_backbone_matches(payload, hasher.backbone)
     if payload.get("train_config") != asdict(config):
         raise ValueError(
             f"checkpoint {str(path)!r} was written with training settings {payload.get('train_config')}, "
             f"not {asdict(config)}; resume with the same settings or start a new run"
         )
+    finished = payload.get("epoch", 0) >= config.epochs
+    if "optimizer" not in payload and not finished:
+        raise ValueError(
+            f"checkpoint {str(path)!r} holds no optimizer state (it was not written by fit), so training "
+            "cannot continue from it: start a new run"
+        )
     hasher.load_trained_state(payload["trained_state"])
-    optimizer.load_state_dict(payload["optimizer"])
+    if not finished:
+        optimizer.load_state_dict(payload["optimizer"])
     return TrainResult(
         history=list(payload["history"]),
         seconds=float(payload["seconds"]),
@@ -164,8 +184,10 @@ def save_training_state(
     result: TrainResult,
     config: TrainConfig,
     epochs_done: int,
+    **extra: Any,
 ) -> Path:
-    """Checkpoint after an epoch with everything :func:`restore_training_state` needs (atomic)."""
+    """Checkpoint after an epoch with everything :func:`restore_training_state` needs (atomic); ``extra``
+    entries (a run's ``"data"`` and ``"experiment"``) are stored too."""
     return save_checkpoint(
         path,
         hasher,
@@ -174,6 +196,7 @@ def save_training_state(
         history=result.history,
         seconds=result.seconds,
         train_config=asdict(config),
+        **extra,
     )
 
 
@@ -277,15 +300,21 @@ def fit(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
+    checkpoint_extra: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train ``hasher`` on ``train_set`` (the few-shot images) with SGD; KIDDO's B-step runs once per epoch.
 
     ``config`` defaults to the released settings; keyword ``overrides`` replace single fields
     (``fit(h, data, epochs=5)``). With ``cache`` the frozen blocks run once per image. ``checkpoint`` is
-    written atomically after every epoch; ``resume=True`` continues from it and reaches the same result
-    as an uninterrupted run. A non-finite loss stops training with the epoch and step that produced it.
+    written atomically after every epoch, with the ``checkpoint_extra`` entries; ``resume=True``
+    continues from it (refused for other data, settings or ``checkpoint_extra`` records) and reaches the
+    same result as an uninterrupted run; a finished run's checkpoint trains no further
+    (``resumed_from_epoch == epochs``). A non-finite loss stops training with the epoch and step that
+    produced it.
     """
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=, the file to resume from")
     config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
     check_training_input(hasher, train_set, config)
     torch.set_flush_denormal(True)
@@ -294,10 +323,11 @@ def fit(
     optimizer, scaler = make_optimizer(hasher, config)
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if resume and ckpt_path is not None and ckpt_path.exists():
-        result = restore_training_state(ckpt_path, hasher, optimizer, config)
+        result = restore_training_state(ckpt_path, hasher, optimizer, config, checkpoint_extra)
     else:
         result = TrainResult()
     source = batch_source(hasher, train_set, cache, progress)
+    extra = dict(checkpoint_extra or {})
     began = time.perf_counter() - result.seconds
     first = result.resumed_from_epoch
     epochs = tqdm(
@@ -314,7 +344,7 @@ def fit(
             epochs.set_postfix(loss=f"{row.get('loss', math.nan):.4f}")
             result.seconds = time.perf_counter() - began
             if ckpt_path is not None:
-                save_training_state(ckpt_path, hasher, optimizer, result, config, epoch + 1)
+                save_training_state(ckpt_path, hasher, optimizer, result, config, epoch + 1, **extra)
     return result
 
 

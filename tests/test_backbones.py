@@ -3,8 +3,15 @@ import copy
 import open_clip
 import pytest
 import torch
+from helpers import fresh_tiny
 
-from kalahash.backbones import SplitAttention, load_backbone, split_attention, state_fingerprint
+from kalahash.backbones import (
+    SplitAttention,
+    load_backbone,
+    open_clip_state_dict,
+    split_attention,
+    state_fingerprint,
+)
 
 
 @pytest.mark.parametrize("name,size", [("tiny", 32), ("ViT-B-32", 224)])
@@ -126,3 +133,12 @@ def test_offline_download_says_what_to_do(monkeypatch):
         RuntimeError, match=r"(?s)could not download.*'openai'.*ViT-B-32.*pretrained='/path/to"
     ):
         load_backbone("ViT-B-32", pretrained="openai")
+
+
+def test_open_clip_layout_loads_into_open_clip():
+    """The split attention goes back to open_clip's fused in_proj: a strict load, the same features."""
+    backbone = fresh_tiny(0)
+    model = open_clip.create_model("tiny")
+    model.load_state_dict(open_clip_state_dict(backbone.model))  # strict: no missing or unexpected keys
+    images = torch.randn(2, 3, *backbone.image_size)
+    torch.testing.assert_close(model.eval().encode_image(images), backbone.encode_image(images))

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,8 +33,10 @@ def test_run_writes_a_row_and_skips_a_repeat(tmp_path, capsys, monkeypatch):
     )
     assert 0 <= row["map"] <= 1 and row["trainable_params"] > 0
     assert row["data_check_ok"] and len(row["data_fingerprint"]) == 64
-    split_dir = tmp_path / "results" / "splits" / f"shapes-{row['data_fingerprint'][:12]}-split0"
+    # split lists go beside the results table, not under the working directory's results/
+    split_dir = tmp_path / "splits" / f"shapes-{row['data_fingerprint'][:12]}-split0"
     assert (split_dir / "shapes_1shot_seed42.txt").exists()
+    assert not (tmp_path / "results").exists()
     assert main(_run_args(tmp_path, "--method", "lb")) == 0
     assert "stored result" in capsys.readouterr().out
     assert len(pd.read_csv(tmp_path / "results.csv")) == 1
@@ -67,7 +71,7 @@ def test_short_few_shot_set_runs_and_is_recorded_unless_strict(tmp_path, capsys,
         assert main(args) == 0
     row = pd.read_csv(tmp_path / "r.csv").iloc[0]
     assert row["shot_shortfall"] == "dog=0/1" and row["train_images"] == 2
-    split_dir = tmp_path / "results" / "splits" / f"nuswide-{row['data_fingerprint'][:12]}-split0"
+    split_dir = tmp_path / "splits" / f"nuswide-{row['data_fingerprint'][:12]}-split0"
     assert "# shortfall: dog=0/1" in (split_dir / "nuswide_1shot_seed42.txt").read_text().splitlines()
 
 
@@ -126,3 +130,94 @@ def test_help_explains_every_option(capsys):
     out = capsys.readouterr().out
     for option in ("--dataset", "--shots", "--bits", "--method", "--seeds", "--hp", "--ties", "--checkpoint"):
         assert option in out
+
+
+def _image_folder(root, per_class: int = 11) -> None:
+    """A user's own images, one folder per class (the folder loader keeps 10 per class as queries)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+
+
+def test_the_method_runs_on_a_folder_of_own_images(tmp_path, capsys):
+    _image_folder(tmp_path / "mine")
+    args = ["run", "--dataset", "folder", "--data-root", str(tmp_path / "mine"), "--method", "kalahash",
+            "--backbone", "tiny", "--epochs", "1", "--batch-size", "2", "--quiet", "--cache", "none",
+            "--results", str(tmp_path / "results.csv")]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    assert main([*args, "--hp", "rank=1", "--hp", "kiddo_gamma=2"]) == 0
+    rows = pd.read_csv(tmp_path / "results.csv")
+    defaults, given = (json.loads(h) for h in rows["hparams_used"])
+    assert (
+        rows["hparams_source"][0]
+        == "release defaults (no released setting for 'folder'); rank capped at the 2 classes"
+    )
+    assert defaults == {"rank": 2, "strength": 0.5, "kiddo_alpha": 0.1, "kiddo_beta": 1.0, "kiddo_gamma": 1.0}
+    assert given == {**defaults, "rank": 1, "kiddo_gamma": 2}
+    assert rows["hparams_source"][1].endswith("overridden: kiddo_gamma, rank")
+
+
+def test_own_list_files_from_the_cli(tmp_path, capsys):
+    from helpers import tiny_list_dataset
+
+    tiny_list_dataset(tmp_path / "mine")
+    lists = ["--dataset", "listfile", "--data-root", str(tmp_path / "mine"), "--train-list", "train.txt",
+             "--query-list", "query.txt", "--database-list", "gallery.txt", "--classnames", "classnames.txt"]  # fmt: skip
+    assert main(["check-data", *lists, "--quiet"]) == 0
+    args = ["run", *lists, "--method", "lb", "--backbone", "tiny", "--epochs", "1", "--batch-size", "2",
+            "--quiet", "--cache", "none", "--results", str(tmp_path / "results.csv")]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    row = pd.read_csv(tmp_path / "results.csv").iloc[0]
+    assert (row["dataset"], row["train_list"], row["classnames"]) == (
+        "listfile",
+        "train.txt",
+        "classnames.txt",
+    )
+    assert main(args[:5] + args[7:]) == 2  # without --train-list
+    assert "dataset 'listfile' needs train_list" in capsys.readouterr().err
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(SystemExit, match="--resume needs --checkpoint"):
+        main(_run_args(tmp_path, "--resume"))
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_cuda_without_a_gpu_says_so(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["run", "--device", "cuda", "--quiet", "--results", str(tmp_path / "r.csv"), "--epochs", "1"]
+    assert main(args) == 2  # the default backbone has a weights file: that is not what is wrong
+    err = capsys.readouterr().err
+    assert "this machine has no CUDA device" in err and "--device cpu" in err and "weights" not in err
+
+
+def test_files_follow_the_results_table_or_the_workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(_run_args(tmp_path / "a", "--method", "lb", "--workdir", str(tmp_path / "w"))) == 0
+    assert (tmp_path / "w" / "splits").is_dir() and (tmp_path / "w" / "data_checks").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "w"]  # nothing under the working directory
+
+
+def test_the_demo_honours_cache_and_results(tmp_path, monkeypatch):
+    import kalahash.experiments as experiments
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(cfg, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(experiments, "run_experiment", record)
+    with pytest.raises(Stop):
+        main(["demo", "--cache", str(tmp_path / "c"), "--results", str(tmp_path / "r" / "t.csv"), "--quiet"])
+    assert (seen["cache"], seen["results"]) == (str(tmp_path / "c"), str(tmp_path / "r" / "t.csv"))

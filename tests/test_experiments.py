@@ -46,7 +46,7 @@ def test_run_refuses_data_whose_check_failed(tmp_path):
     assert not (tmp_path / "r.csv").exists()
     row = run_experiment(
         _config(root, method="lb"), results=tmp_path / "r.csv", workdir=tmp_path / "w", allow_failed_check=True,
-        progress=False,
+        cache=tmp_path / "cache", progress=False,
     )  # fmt: skip
     assert row["data_check_ok"] is False and len(pd.read_csv(tmp_path / "r.csv")) == 1
 
@@ -124,7 +124,7 @@ def test_checkpoint_then_eval_and_export(tmp_path, capsys, monkeypatch):
     assert main(["eval", "--checkpoint", str(ckpt), "--quiet"]) == 0
     assert f"= {trained_map:.4f}" in capsys.readouterr().out  # the same codes as at the end of training
     assert main(["export", "--checkpoint", str(ckpt), "--output", str(tmp_path / "merged.pt")]) == 0
-    merged = torch.load(tmp_path / "merged.pt")
+    merged = torch.load(tmp_path / "merged.pt")["state_dict"]
     assert merged and not any("lora_" in key for key in merged)
 
     clora = tmp_path / "clora.ckpt"
@@ -149,6 +149,27 @@ def test_notebook_settings_pick_the_profile():
     assert notebook_settings(dataset="cifar10", data_root="/d")["data_root"] == "/d"
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         notebook_settings("fast")
+
+
+def test_a_notebook_parameter_wins_over_the_profile():
+    """papermill 03_shots.ipynb -p dataset cifar10 -p data_root D -p backbone tiny: the paper profile's
+    'openai' belongs to its ViT-B-32; another backbone gets its own default weights."""
+    from kalahash.backbones import load_backbone
+
+    tiny = notebook_settings(dataset="cifar10", data_root="/d", backbone="tiny")
+    assert (tiny["backbone"], tiny["pretrained"], tiny["data_root"]) == ("tiny", None, "/d")
+    assert load_backbone(tiny["backbone"], tiny["pretrained"]).pretrained == "random"
+    for cleared in ("", "None"):  # -p pretrained "" (or the text None): the backbone's own default
+        assert notebook_settings(dataset="cifar10", pretrained=cleared)["pretrained"] is None
+    assert notebook_settings(dataset="cifar10", backbone="tiny", pretrained="/w.pt")["pretrained"] == "/w.pt"
+    assert notebook_settings(dataset="cifar10", backbone="ViT-B-32")["pretrained"] == "openai"
+
+
+def test_list_files_belong_to_the_listfile_dataset():
+    with pytest.raises(ValueError, match="dataset 'listfile' needs query_list, classnames"):
+        ExperimentConfig(dataset="listfile", train_list="t.txt", database_list="d.txt")
+    with pytest.raises(ValueError, match="train_list: options of dataset 'listfile' only, not of 'nuswide'"):
+        ExperimentConfig(dataset="nuswide", train_list="t.txt")
 
 
 def test_project_paths_find_the_repository(tmp_path):

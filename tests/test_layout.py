@@ -21,6 +21,8 @@ LAYERS = {
     "fileio": 0,
     "metrics": 0,
     "presets": 0,
+    "machine": 0,
+    "results_table": 1,
     "data": 1,
     # the built-in worlds sit above data (they register with it); data never imports them
     "world": 2,

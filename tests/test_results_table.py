@@ -1,9 +1,12 @@
+import json
 import multiprocessing as mp
+import re
 
 import pandas as pd
 import pytest
 
 from kalahash.experiments import (
+    DamagedRowWarning,
     ExperimentConfig,
     append_result,
     expand_grid,
@@ -93,3 +96,89 @@ def test_provenance_names_versions_and_device():
     assert info["device"].startswith("cpu")
     assert info["torch_version"] and info["open_clip_version"]
     assert info["git_commit"] == "unknown" or len(info["git_commit"].split("+")[0]) == 40
+
+
+def _row(cfg: ExperimentConfig, map_value: float) -> dict:
+    """A row as run_experiment writes it, in its column order (config first, then the scores)."""
+    return {"config_id": cfg.config_id, **cfg.to_row(), "hparams_used": json.dumps({"rank": 1}), "map": map_value,
+            "map_at": 100, "p_at_100": 0.5, "finished_at": "2025-01-01T00:00:00+0000"}  # fmt: skip
+
+
+def test_a_row_cut_mid_number_is_reported_and_runs_again(tmp_path):
+    path = tmp_path / "results.csv"
+    kept, cut = ExperimentConfig(seed=0), ExperimentConfig(seed=1)
+    append_result(_row(kept, 0.25), path)
+    append_result(_row(cut, 0.2686), path)
+    text = path.read_text()
+    path.write_text(text[: text.index("0.2686") + 4])  # the last row ends in "0.26"
+    with pytest.warns(DamagedRowWarning, match=re.escape(f"{path}:3: damaged row skipped")):
+        assert find_result(cut, path) is None  # not "stored" with a wrong mAP
+    with pytest.warns(DamagedRowWarning):
+        assert find_result(kept, path)["map"] == 0.25 and len(read_results(path)) == 1
+    with pytest.warns(
+        DamagedRowWarning, match=re.escape(f"{path}:3: damaged row moved to results.csv.damaged")
+    ):
+        append_result(_row(cut, 0.2686), path)
+    aside = (tmp_path / "results.csv.damaged").read_text()
+    assert "results.csv line 3" in aside and text[: text.index("0.2686") + 4].splitlines()[-1] in aside
+    assert find_result(cut, path)["map"] == 0.2686 and find_result(kept, path)["map"] == 0.25
+    assert text.splitlines()[1] == path.read_text().splitlines()[1]  # the intact row, byte for byte
+
+
+def test_a_row_cut_inside_a_quoted_field_names_file_and_line(tmp_path):
+    path = tmp_path / "results.csv"
+    cfg = ExperimentConfig(seed=1, hyperparameters={"rank": 2, "strength": 0.3})
+    append_result(_row(ExperimentConfig(seed=0), 0.25), path)
+    append_result(_row(cfg, 0.3), path)
+    text = path.read_text()
+    path.write_text(text[: text.index("strength")])  # inside the quoted JSON
+    with pytest.warns(DamagedRowWarning, match=re.escape(f"{path}:3:") + ".*does not parse as CSV"):
+        assert find_result(cfg, path) is None and len(read_results(path)) == 1
+
+
+def test_rows_that_do_not_hold_up_are_not_trusted(tmp_path):
+    path = tmp_path / "results.csv"
+    a, b, c = ExperimentConfig(seed=0), ExperimentConfig(seed=1), ExperimentConfig(seed=2)
+    rows = [{**_row(a, 0.25), "seed": 7}, _row(b, float("inf")), _row(c, 0.5)]  # a's row edited: not its run
+    pd.DataFrame(rows).to_csv(path, index=False)
+    with pytest.warns(DamagedRowWarning) as caught:
+        assert find_result(a, path) is None and find_result(b, path) is None
+    messages = " ".join(str(w.message) for w in caught)
+    assert (
+        f"{path}:2:" in messages
+        and "config_id" in messages
+        and f"{path}:3:" in messages
+        and "map" in messages
+    )
+    with pytest.warns(DamagedRowWarning):
+        assert find_result(c, path)["map"] == 0.5
+
+
+def test_tables_written_by_pandas_stay_valid(tmp_path, recwarn):
+    """The old appends rewrote the table with pandas: ints of a column with gaps came back as 5.0."""
+    path = tmp_path / "results.csv"
+    configs = [ExperimentConfig(seed=0), ExperimentConfig(seed=1, topk=5)]
+    pd.DataFrame([_row(cfg, 0.1 * (i + 1)) for i, cfg in enumerate(configs)]).to_csv(path, index=False)
+    assert "5.0" in path.read_text()
+    assert [find_result(cfg, path)["map"] for cfg in configs] == [0.1, 0.2]
+    append_result({**_row(ExperimentConfig(seed=2), 0.3), "new_column": 1}, path)
+    assert len(read_results(path)) == 3 and not recwarn.list
+
+
+def test_new_config_fields_keep_the_ids_of_existing_configs():
+    """Fields added later (the listfile paths) are left out of the id while unset: stored tables stay valid."""
+    import hashlib
+
+    cfg = ExperimentConfig(
+        dataset="nuswide", data_root="/d", shots=2, method="lb", hyperparameters={"rank": 2}
+    )
+    new = ("train_list", "query_list", "database_list", "classnames")
+    before = {k: v for k, v in cfg.to_row().items() if k not in new}
+    assert (
+        cfg.config_id
+        == hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    )
+    own = ExperimentConfig(dataset="listfile", data_root="/d", train_list="t.txt", query_list="q.txt",
+                           database_list="db.txt", classnames="names.txt")  # fmt: skip
+    assert own.config_id != ExperimentConfig(dataset="listfile", data_root="/d", train_list="t2.txt",
+                                             query_list="q.txt", database_list="db.txt", classnames="names.txt").config_id  # fmt: skip

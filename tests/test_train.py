@@ -155,6 +155,41 @@ def test_resume_refuses_other_settings(data, tmp_path):
         fit(_hasher(), data.train, epochs=1, lr=0.5, checkpoint=ckpt, resume=True, progress=False)
 
 
+def test_resume_needs_a_checkpoint_and_refuses_other_classes(data, tmp_path):
+    with pytest.raises(ValueError, match="resume=True needs checkpoint="):
+        fit(_hasher(), data.train, epochs=1, resume=True, progress=False)
+    ckpt = tmp_path / "run.ckpt"
+    fit(_hasher(), data.train, epochs=1, checkpoint=ckpt, progress=False)
+    two = data.train.subset(np.flatnonzero(data.train.labels[:, 2] == 0))
+    two = ImageList(two.images, two.labels[:, :2], two.ids)
+    other = build_hasher("kalahash", fresh_tiny(0), CLASSES[:2], 16, rank=1)
+    with pytest.raises(ValueError, match=r"trained on a data set \(3 classes: red circle.*labels 2 wide\)"):
+        fit(other, two, epochs=1, checkpoint=ckpt, resume=True, progress=False)
+
+
+def test_a_finished_run_resumes_to_itself(data, tmp_path):
+    """The last checkpoint of a run without optimizer state (as run_experiment leaves it) trains no further."""
+    ckpt = tmp_path / "run.ckpt"
+    done = _hasher()
+    result = fit(done, data.train, epochs=2, checkpoint=ckpt, progress=False)
+    payload = load_checkpoint(ckpt)
+    save_checkpoint(
+        ckpt,
+        done,
+        **{k: v for k, v in payload.items() if k in ("epoch", "history", "seconds", "train_config")},
+    )
+    again = _hasher()
+    resumed = fit(again, data.train, epochs=2, checkpoint=ckpt, resume=True, progress=False)
+    assert resumed.resumed_from_epoch == 2 and resumed.history == result.history
+    for key, value in _state(done).items():
+        torch.testing.assert_close(_state(again)[key], value, msg=key)
+    save_checkpoint(
+        ckpt, done, **{**{k: payload[k] for k in ("history", "seconds", "train_config")}, "epoch": 1}
+    )
+    with pytest.raises(ValueError, match="holds no optimizer state"):
+        fit(_hasher(), data.train, epochs=2, checkpoint=ckpt, resume=True, progress=False)
+
+
 def test_non_finite_loss_names_epoch_and_step(data, monkeypatch):
     hasher = _hasher("lb")
     original = hasher.loss_on_batch
