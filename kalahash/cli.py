@@ -1,4 +1,10 @@
-"""The ``kalahash`` command: the Python API's main entry points with the same names and defaults."""
+"""The ``kalahash`` command: a face over the Python API with the same names and defaults.
+
+Each command parses its options, calls one function and prints: ``demo`` → ``run_demo``, ``run`` →
+``run_experiment``, ``sweep`` → ``run_sweep``, ``eval`` → ``evaluate_checkpoint``, ``export`` →
+``export_checkpoint``, ``check-data`` → ``check_dataset`` (all in ``kalahash.experiments``),
+``pretrain-tiny`` → ``kalahash.pretrain.pretrain_tiny``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,6 @@ import argparse
 import json
 import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from .experiments import DEFAULT_CACHE, DEFAULT_RESULTS, METHODS, ExperimentConfig
@@ -206,30 +211,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
+    from .experiments import UnnamedDatasetError, evaluate_checkpoint
 
-    from .backbones import load_backbone
-    from .data import load_dataset
-    from .experiments import resolve_device
-    from .train import evaluate, load_checkpoint, restore_hasher
-
-    payload = load_checkpoint(args.checkpoint)
-    experiment = payload.get("experiment", {})
-    dataset = args.dataset or experiment.get("dataset")
-    if dataset is None:
-        raise SystemExit("error: this checkpoint does not name its data set: pass --dataset")
-    data_root = args.data_root or experiment.get("data_root")
-    device = resolve_device(args.device)
-    backbone_info = payload["backbone"]
-    torch.manual_seed(
-        experiment.get("seed", 0)
-    )  # as run_experiment did: a random-init backbone comes back the same
-    backbone = load_backbone(
-        backbone_info["name"], args.pretrained or experiment.get("pretrained"), device=device
-    )
-    hasher = restore_hasher(payload, backbone)
-    data = load_dataset(dataset, data_root, seed=experiment.get("split_seed", 0))
-    scores = evaluate(hasher, data, topk=args.topk, ties=args.ties, progress=not args.quiet)
+    try:
+        scores = evaluate_checkpoint(
+            args.checkpoint,
+            dataset=args.dataset,
+            data_root=args.data_root,
+            pretrained=args.pretrained,
+            topk=args.topk,
+            ties=args.ties,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    except UnnamedDatasetError:
+        raise SystemExit("error: this checkpoint does not name its data set: pass --dataset") from None
     print(
         f"mAP@{scores['map_topk']} = {scores['map']:.4f} ({args.ties} ties); "
         + ", ".join(f"{k} = {v:.4f}" for k, v in scores.items() if k.startswith("p_at_"))
@@ -263,10 +259,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    from .data import check_data, load_dataset
+    from .experiments import check_dataset
 
-    data = load_dataset(args.dataset, args.data_root, seed=args.split_seed)
-    check = check_data(data, progress=not args.quiet)
+    check = check_dataset(args.dataset, args.data_root, split_seed=args.split_seed, progress=not args.quiet)
     print(check.report())
     return 0 if check.ok else 1
 
@@ -281,20 +276,10 @@ def cmd_pretrain_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import torch
+    from .experiments import export_checkpoint
 
-    from .backbones import load_backbone
-    from .fileio import atomic_write
-    from .train import load_checkpoint, restore_hasher
-
-    payload = load_checkpoint(args.checkpoint)
-    experiment = payload.get("experiment", {})
-    torch.manual_seed(experiment.get("seed", 0))  # as in cmd_eval
-    backbone = load_backbone(payload["backbone"]["name"], args.pretrained or experiment.get("pretrained"))
-    merged = restore_hasher(payload, backbone).merged()
-    out = Path(args.output)
-    atomic_write(out, lambda tmp: torch.save(merged.state_dict(), tmp))
-    print(f"wrote {out}: {payload['method']} with its adapters folded into the weights")
+    exported = export_checkpoint(args.checkpoint, args.output, pretrained=args.pretrained)
+    print(f"wrote {exported.path}: {exported.method} with its adapters folded into the weights")
     return 0
 
 

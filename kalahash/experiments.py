@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -21,7 +21,12 @@ import torch
 from . import __version__
 from .fileio import atomic_write, atomic_write_text
 from .presets import LORA_BASELINE, preset
-from .train import PrefixCache, TrainConfig, evaluate, fit, save_checkpoint
+from .train import PrefixCache, TrainConfig, evaluate, fit, load_checkpoint, restore_hasher, save_checkpoint
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .data import DataCheck
 
 DEFAULT_RESULTS = Path("results/results.csv")
 DEFAULT_CACHE = Path("cache/prefix")
@@ -400,6 +405,91 @@ def run_demo(
     summary = rows.rename(columns={"map": "mean"}).assign(std=0.0)
     save_figure(bar_by_method(summary, title), "demo_map", rows, out_dir=out_dir)
     return table
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints and data checks: the Python twins of `kalahash eval`, `export` and `check-data`
+
+
+class UnnamedDatasetError(ValueError):
+    """A checkpoint to evaluate names no data set (it was not written by a run) and none was given."""
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """What :func:`export_checkpoint` wrote: the merged model's state dict file and its method."""
+
+    path: Path
+    method: str
+
+
+def _restored_hasher(
+    payload: dict[str, Any], pretrained: str | None, device: torch.device | None
+) -> nn.Module:
+    """The checkpoint's hasher on its backbone, seeded as ``run_experiment`` was so that a
+    random-init backbone comes back with the same weights."""
+    from .backbones import load_backbone
+
+    experiment = payload.get("experiment", {})
+    torch.manual_seed(experiment.get("seed", 0))
+    name = payload["backbone"]["name"]
+    backbone = load_backbone(name, pretrained or experiment.get("pretrained"), device=device)
+    return restore_hasher(payload, backbone)
+
+
+def evaluate_checkpoint(
+    path: str | os.PathLike,
+    *,
+    dataset: str | None = None,
+    data_root: str | os.PathLike | None = None,
+    pretrained: str | None = None,
+    topk: int | None = None,
+    ties: str = "index",
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score a checkpoint written by ``run_experiment(..., checkpoint=...)`` (CLI: ``kalahash eval``).
+
+    ``dataset``, ``data_root`` and ``pretrained`` default to the checkpoint's own; the query/database
+    split is the run's. Returns :func:`kalahash.train.evaluate`'s scores (``map``, ``map_topk``,
+    ``p_at_100``, the codes ...). A checkpoint that names no data set needs ``dataset``
+    (:class:`UnnamedDatasetError`, a ValueError, otherwise).
+    """
+    from .data import load_dataset
+
+    payload = load_checkpoint(path)
+    experiment = payload.get("experiment", {})
+    dataset = dataset or experiment.get("dataset")
+    if dataset is None:
+        raise UnnamedDatasetError(f"checkpoint {str(path)!r} does not name its data set: pass dataset")
+    data_root = data_root or experiment.get("data_root")
+    hasher = _restored_hasher(payload, pretrained, resolve_device(device))
+    data = load_dataset(dataset, data_root, seed=experiment.get("split_seed", 0))
+    return evaluate(hasher, data, topk=topk, ties=ties, progress=progress)
+
+
+def export_checkpoint(
+    path: str | os.PathLike, out: str | os.PathLike, *, pretrained: str | None = None
+) -> ExportedModel:
+    """Fold a plain-LoRA checkpoint's adapters into the weights and save the model's state dict to
+    ``out`` (atomic; CLI: ``kalahash export``). CLoRA cannot be folded: ValueError, nothing written."""
+    payload = load_checkpoint(path)
+    merged = _restored_hasher(payload, pretrained, None).merged()
+    out = Path(out)
+    atomic_write(out, lambda tmp: torch.save(merged.state_dict(), tmp))
+    return ExportedModel(out, payload["method"])
+
+
+def check_dataset(
+    name: str, data_root: str | os.PathLike | None = None, *, split_seed: int = 0, progress: bool = True
+) -> DataCheck:
+    """Check a data set afresh: files, splits, duplicates, overlaps (CLI: ``kalahash check-data``).
+
+    Unlike :func:`checked_data`, which runs remember, nothing is stored or reused.
+    """
+    from .data import check_data, load_dataset
+
+    return check_data(load_dataset(name, data_root, seed=split_seed), progress=progress)
 
 
 WORLDS = ("shapes", "shapes-multi")

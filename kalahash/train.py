@@ -1,19 +1,20 @@
-"""One training loop and one evaluator for every method, with a frozen-prefix token cache.
+"""One training loop and one evaluator for every method.
 
-Adapters sit in the last block(s) only, so the blocks before them are frozen and their output depends
-on the image alone. :class:`PrefixCache` computes those tokens once per image and stores them on disk;
-training epochs and every evaluation of a sweep then run only the trainable tail of the model.
+:func:`fit` is a short loop over named steps: :func:`check_training_input`, :func:`make_optimizer`,
+:func:`restore_training_state` (resume), :func:`batch_source` (through the frozen-prefix cache when the
+hasher allows it), then per epoch :func:`train_epoch` (with :func:`check_finite_loss` on every step),
+:func:`finish_epoch` (KIDDO's B-step and the history row) and :func:`save_training_state`.
+The token cache (:mod:`kalahash.cache`) and checkpoint files (:mod:`kalahash.checkpoints`) live in
+their own modules; their names are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +25,43 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .backbones import state_fingerprint
+from .cache import PrefixCache, device_autocast, images_fingerprint
+from .checkpoints import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    check_backbone_matches,
+    load_checkpoint,
+    restore_hasher,
+    save_checkpoint,
+)
 from .data import ImageList, RetrievalData
-from .fileio import atomic_write
 from .hashing import sign
 from .metrics import mean_average_precision, precision_at_k
 
-CHECKPOINT_FORMAT = "kalahash-checkpoint"
-CHECKPOINT_VERSION = 1
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "BatchSource",
+    "PrefixCache",
+    "TrainConfig",
+    "TrainResult",
+    "batch_source",
+    "check_backbone_matches",
+    "check_finite_loss",
+    "check_training_input",
+    "encode",
+    "evaluate",
+    "finish_epoch",
+    "fit",
+    "images_fingerprint",
+    "load_checkpoint",
+    "make_optimizer",
+    "restore_hasher",
+    "restore_training_state",
+    "save_checkpoint",
+    "save_training_state",
+    "train_epoch",
+]
 
 
 @dataclass
@@ -62,95 +92,14 @@ class TrainResult:
     resumed_from_epoch: int = 0
 
 
-def images_fingerprint(images: ImageList) -> str:
-    """Identify an image list by ids, labels and content (pixels in memory, size and mtime on disk)."""
-    digest = hashlib.sha256()
-    digest.update("\n".join(images.ids).encode())
-    digest.update(images.labels.tobytes())
-    if isinstance(images.images, np.ndarray):
-        digest.update(np.ascontiguousarray(images.images).tobytes())
-    else:
-        for path in images.images:
-            stat = path.stat()
-            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
+@dataclass
+class BatchSource:
+    """Where training batches come from: every image's labels on the device, the model input for some
+    indices (cached prefix tokens or preprocessed pixels) and the forward from that input to u."""
 
-
-def _autocast(device: torch.device) -> Any:
-    if device.type != "cuda":
-        return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
-def _loader(images: ImageList, batch_size: int, num_workers: int, **kwargs: Any) -> DataLoader:
-    return DataLoader(images, batch_size=batch_size, num_workers=num_workers, **kwargs)
-
-
-class PrefixCache:
-    """Disk cache of the frozen blocks' output tokens, keyed by everything that determines them.
-
-    The key covers the backbone name, a fingerprint of the prefix weights as they are now, the
-    preprocess transform, the images (ids, labels, content) and the block index, so a stale entry
-    cannot be read back for different inputs.
-    """
-
-    def __init__(self, root: str | os.PathLike = "cache/prefix", batch_size: int = 256, num_workers: int = 0):
-        self.root = Path(root)
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.hits = 0
-        self.misses = 0
-
-    def key(self, hasher: nn.Module, images: ImageList, upto: int) -> str:
-        backbone = hasher.backbone
-        visual = backbone.visual
-        prefix = nn.ModuleList([visual.conv1, visual.ln_pre, *backbone.blocks[:upto]]).state_dict()
-        prefix.update(
-            class_embedding=visual.class_embedding, positional_embedding=visual.positional_embedding
-        )
-        parts = {
-            "backbone": backbone.name,
-            "prefix_weights": state_fingerprint(prefix),
-            "preprocess": repr(backbone.preprocess),
-            "images": images_fingerprint(images),
-            "upto": upto,
-        }
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
-
-    @torch.no_grad()
-    def tokens(self, hasher: nn.Module, images: ImageList, upto: int, progress: bool = True) -> torch.Tensor:
-        """Tokens after ``blocks[:upto]`` for every image, (N, L, width) float32 on the CPU (memory-mapped)."""
-        path = self.root / f"{self.key(hasher, images, upto)}.npy"
-        if path.exists():
-            self.hits += 1
-            return torch.from_numpy(np.load(path, mmap_mode="c"))
-        self.misses += 1
-        device = hasher.backbone.device
-        was_training = hasher.training
-        hasher.eval()
-        loader = _loader(images.with_transform(hasher.backbone.preprocess), self.batch_size, self.num_workers)
-
-        def write(tmp: str) -> None:
-            out = None
-            start = 0
-            for batch, _, _ in tqdm(loader, desc=f"caching frozen blocks 0-{upto - 1}", disable=not progress):
-                with _autocast(device):
-                    tok = hasher.prefix_tokens(batch.to(device), upto).float().cpu().numpy()
-                if out is None:
-                    out = np.lib.format.open_memmap(
-                        tmp, mode="w+", dtype=np.float32, shape=(len(images), *tok.shape[1:])
-                    )
-                out[start : start + len(tok)] = tok
-                start += len(tok)
-            out.flush()
-            del out
-
-        try:
-            atomic_write(path, write)
-        finally:
-            hasher.train(was_training)
-        return torch.from_numpy(np.load(path, mmap_mode="c"))
+    labels: torch.Tensor
+    inputs: Callable[[torch.Tensor], torch.Tensor]
+    forward: Callable[[torch.Tensor], torch.Tensor]
 
 
 def _use_cache(hasher: nn.Module, cache: PrefixCache | None) -> bool:
@@ -158,76 +107,96 @@ def _use_cache(hasher: nn.Module, cache: PrefixCache | None) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Checkpoints
+# The steps of training
 
 
-def save_checkpoint(path: str | os.PathLike, hasher: nn.Module, **extra: Any) -> Path:
-    """Save only the trained parts plus what identifies the backbone (atomic)."""
-    backbone = hasher.backbone
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "method": hasher.method,
-        "bits": hasher.bits,
-        "classnames": list(hasher.classnames),
-        "hparams": dict(hasher.hparams),
-        "backbone": {
-            "name": backbone.name,
-            "pretrained": backbone.pretrained,
-            "fingerprint": backbone.fingerprint,
-        },
-        "trained_state": {k: v.detach().cpu() for k, v in hasher.trained_state().items()},
-        **extra,
-    }
-    path = Path(path)
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, with a clear error for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # re-raised with what to do; the cause stays chained
+def check_training_input(hasher: nn.Module, train_set: ImageList, config: TrainConfig) -> None:
+    """Refuse a training set that cannot fill one batch, or whose label columns are not the hasher's classes."""
+    if len(train_set) < config.batch_size and config.drop_last:
         raise ValueError(
-            f"checkpoint {str(path)!r} is corrupt or truncated ({type(err).__name__}); delete it and train again"
-        ) from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a kalahash checkpoint (no '{CHECKPOINT_FORMAT}' header)")
-    if payload.get("version", 0) > CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{str(path)!r} was written by a newer kalahash (format {payload['version']}); upgrade"
+            f"the training set has {len(train_set)} images, fewer than batch_size={config.batch_size} with "
+            "drop_last: lower batch_size or use more shots"
         )
-    return payload
-
-
-def check_backbone_matches(payload: dict[str, Any], backbone: Any) -> None:
-    want = payload["backbone"]
-    if (want["name"], want["fingerprint"]) != (backbone.name, backbone.fingerprint):
+    if train_set.num_classes != hasher.num_classes:
         raise ValueError(
-            f"checkpoint was trained on backbone {want['name']!r} (pretrained {want['pretrained']!r}, weights "
-            f"fingerprint {want['fingerprint']}), but the given backbone is {backbone.name!r} (pretrained "
-            f"{backbone.pretrained!r}, fingerprint {backbone.fingerprint}). Load the same backbone weights."
+            f"training labels have {train_set.num_classes} columns, the hasher {hasher.num_classes} classes"
         )
 
 
-def restore_hasher(payload: dict[str, Any], backbone: Any) -> nn.Module:
-    """Rebuild a hasher from a checkpoint on a matching backbone."""
-    from .hashing import build_hasher
-
-    check_backbone_matches(payload, backbone)
-    hasher = build_hasher(
-        payload["method"], backbone, payload["classnames"], payload["bits"], **payload["hparams"]
+def make_optimizer(hasher: nn.Module, config: TrainConfig) -> tuple[torch.optim.SGD, torch.amp.GradScaler]:
+    """SGD over the trainable parameters, and a gradient scaler that is on only under fp16 autocast."""
+    optimizer = torch.optim.SGD(
+        hasher.trainable_parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
     )
+    device = hasher.backbone.device
+    use_bf16_or_fp32 = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    return optimizer, torch.amp.GradScaler("cuda", enabled=not use_bf16_or_fp32)
+
+
+def restore_training_state(
+    path: str | os.PathLike, hasher: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> TrainResult:
+    """Resume: load the trained parts and optimizer of a checkpoint written by :func:`save_training_state`
+    with the same settings and backbone; the result carries its history, seconds and epochs done."""
+    payload = load_checkpoint(path)
+    check_backbone_matches(payload, hasher.backbone)
+    if payload.get("train_config") != asdict(config):
+        raise ValueError(
+            f"checkpoint {str(path)!r} was written with training settings {payload.get('train_config')}, "
+            f"not {asdict(config)}; resume with the same settings or start a new run"
+        )
     hasher.load_trained_state(payload["trained_state"])
-    return hasher
+    optimizer.load_state_dict(payload["optimizer"])
+    return TrainResult(
+        history=list(payload["history"]),
+        seconds=float(payload["seconds"]),
+        resumed_from_epoch=payload["epoch"],
+    )
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Training
+def save_training_state(
+    path: str | os.PathLike,
+    hasher: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    result: TrainResult,
+    config: TrainConfig,
+    epochs_done: int,
+) -> Path:
+    """Checkpoint after an epoch with everything :func:`restore_training_state` needs (atomic)."""
+    return save_checkpoint(
+        path,
+        hasher,
+        epoch=epochs_done,
+        optimizer=optimizer.state_dict(),
+        history=result.history,
+        seconds=result.seconds,
+        train_config=asdict(config),
+    )
+
+
+def batch_source(
+    hasher: nn.Module, train_set: ImageList, cache: PrefixCache | None, progress: bool = True
+) -> BatchSource:
+    """Batches through the cache's frozen-prefix tokens when the hasher allows it, else from pixels."""
+    device = hasher.backbone.device
+    labels = torch.from_numpy(train_set.labels.astype(np.float32)).to(device)
+    if _use_cache(hasher, cache):
+        start_block = hasher.trainable_from
+        tokens = cache.tokens(hasher, train_set, start_block, progress=progress)
+
+        def from_tokens(batch: torch.Tensor) -> torch.Tensor:
+            return hasher.forward_from_tokens(batch, start_block)
+
+        return BatchSource(labels, lambda idx: tokens[idx].to(device), from_tokens)
+    view = train_set.with_transform(hasher.backbone.preprocess)
+
+    def pixels(idx: torch.Tensor) -> torch.Tensor:
+        return torch.stack([view[i][0] for i in idx.tolist()]).to(device)
+
+    return BatchSource(labels, pixels, hasher)
 
 
 def _batches(n: int, batch_size: int, drop_last: bool, seed: int, epoch: int) -> Iterator[torch.Tensor]:
@@ -236,6 +205,57 @@ def _batches(n: int, batch_size: int, drop_last: bool, seed: int, epoch: int) ->
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         yield order[start : start + batch_size]
+
+
+def check_finite_loss(loss: torch.Tensor, epoch: int, step: int, method: str) -> None:
+    """Stop at the first non-finite loss, before it reaches the weights; ``epoch`` and ``step`` count from 1."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"the loss became {loss.item()} at epoch {epoch}, step {step} ({method}); "
+            "lower the learning rate or check the inputs"
+        )
+
+
+def train_epoch(
+    hasher: nn.Module,
+    source: BatchSource,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    config: TrainConfig,
+    epoch: int,
+) -> dict[str, float]:
+    """One SGD pass over epoch ``epoch``'s (0-based) shuffled batches; the loss and its parts averaged
+    over its steps."""
+    device = hasher.backbone.device
+    sums: dict[str, float] = {}
+    steps = 0
+    batches = _batches(len(source.labels), config.batch_size, config.drop_last, config.seed, epoch)
+    for step, idx in enumerate(batches):
+        idx_dev = idx.to(device)
+        batch = source.inputs(idx)
+        optimizer.zero_grad(set_to_none=True)
+        with device_autocast(device):
+            u = source.forward(batch)
+        loss, parts = hasher.loss_on_batch(u.float(), source.labels[idx_dev], idx_dev)
+        check_finite_loss(loss, epoch + 1, step + 1, hasher.method)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        for name, value in {"loss": loss.item(), **parts}.items():
+            sums[name] = sums.get(name, 0.0) + float(value)
+        steps += 1
+    return {k: v / max(steps, 1) for k, v in sums.items()}
+
+
+def finish_epoch(
+    hasher: nn.Module, result: TrainResult, epoch: int, means: dict[str, float]
+) -> dict[str, float]:
+    """After epoch ``epoch``'s (0-based) last batch: the hasher's end-of-epoch work (KIDDO's B-step, the
+    epoch counter), then its history row, appended to ``result`` and returned."""
+    hasher.end_epoch()
+    row = {"epoch": epoch + 1, **means}
+    result.history.append(row)
+    return row
 
 
 @contextmanager
@@ -267,110 +287,34 @@ def fit(
     as an uninterrupted run. A non-finite loss stops training with the epoch and step that produced it.
     """
     config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
-    if len(train_set) < config.batch_size and config.drop_last:
-        raise ValueError(
-            f"the training set has {len(train_set)} images, fewer than batch_size={config.batch_size} with "
-            "drop_last: lower batch_size or use more shots"
-        )
-    if train_set.num_classes != hasher.num_classes:
-        raise ValueError(
-            f"training labels have {train_set.num_classes} columns, the hasher {hasher.num_classes} classes"
-        )
+    check_training_input(hasher, train_set, config)
     torch.set_flush_denormal(True)
-    device = hasher.backbone.device
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the order of every draw below is part of the result: keep it
     hasher.begin_training(train_set.labels)
-    optimizer = torch.optim.SGD(
-        hasher.trainable_parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
-    use_bf16_or_fp32 = device.type != "cuda" or torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=not use_bf16_or_fp32)
-    result = TrainResult()
-    start_epoch = 0
+    optimizer, scaler = make_optimizer(hasher, config)
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if resume and ckpt_path is not None and ckpt_path.exists():
-        payload = load_checkpoint(ckpt_path)
-        check_backbone_matches(payload, hasher.backbone)
-        if payload.get("train_config") != asdict(config):
-            raise ValueError(
-                f"checkpoint {str(ckpt_path)!r} was written with training settings {payload.get('train_config')}, "
-                f"not {asdict(config)}; resume with the same settings or start a new run"
-            )
-        hasher.load_trained_state(payload["trained_state"])
-        optimizer.load_state_dict(payload["optimizer"])
-        start_epoch = payload["epoch"]
-        result.history = list(payload["history"])
-        result.seconds = float(payload["seconds"])
-        result.resumed_from_epoch = start_epoch
-
-    labels = torch.from_numpy(train_set.labels.astype(np.float32)).to(device)
-    if _use_cache(hasher, cache):
-        start_block = hasher.trainable_from
-        tokens = cache.tokens(hasher, train_set, start_block, progress=progress)
-
-        def fetch(idx: torch.Tensor) -> torch.Tensor:
-            return tokens[idx].to(device)
-
-        def forward(batch: torch.Tensor) -> torch.Tensor:
-            return hasher.forward_from_tokens(batch, start_block)
+        result = restore_training_state(ckpt_path, hasher, optimizer, config)
     else:
-        view = train_set.with_transform(hasher.backbone.preprocess)
-
-        def fetch(idx: torch.Tensor) -> torch.Tensor:
-            return torch.stack([view[i][0] for i in idx.tolist()]).to(device)
-
-        forward = hasher
-
+        result = TrainResult()
+    source = batch_source(hasher, train_set, cache, progress)
     began = time.perf_counter() - result.seconds
-    bar = tqdm(
-        range(start_epoch, config.epochs),
+    first = result.resumed_from_epoch
+    epochs = tqdm(
+        range(first, config.epochs),
         desc=f"training {hasher.method}",
         disable=not progress,
-        initial=start_epoch,
+        initial=first,
         total=config.epochs,
     )
     with _train_mode(hasher):
-        for epoch in bar:
-            sums: dict[str, float] = {}
-            steps = 0
-            for step, idx in enumerate(
-                _batches(len(train_set), config.batch_size, config.drop_last, config.seed, epoch)
-            ):
-                idx_dev = idx.to(device)
-                batch = fetch(idx)
-                optimizer.zero_grad(set_to_none=True)
-                with _autocast(device):
-                    u = forward(batch)
-                loss, parts = hasher.loss_on_batch(u.float(), labels[idx_dev], idx_dev)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} ({hasher.method}); "
-                        "lower the learning rate or check the inputs"
-                    )
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                for name, value in {"loss": loss.item(), **parts}.items():
-                    sums[name] = sums.get(name, 0.0) + float(value)
-                steps += 1
-            hasher.end_epoch()
-            row = {"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()}}
-            result.history.append(row)
-            bar.set_postfix(loss=f"{row.get('loss', math.nan):.4f}")
+        for epoch in epochs:
+            means = train_epoch(hasher, source, optimizer, scaler, config, epoch)
+            row = finish_epoch(hasher, result, epoch, means)
+            epochs.set_postfix(loss=f"{row.get('loss', math.nan):.4f}")
             result.seconds = time.perf_counter() - began
             if ckpt_path is not None:
-                save_checkpoint(
-                    ckpt_path,
-                    hasher,
-                    epoch=epoch + 1,
-                    optimizer=optimizer.state_dict(),
-                    history=result.history,
-                    seconds=result.seconds,
-                    train_config=asdict(config),
-                )
+                save_training_state(ckpt_path, hasher, optimizer, result, config, epoch + 1)
     return result
 
 
@@ -398,13 +342,13 @@ def encode(
             start = hasher.trainable_from
             tokens = cache.tokens(hasher, images, start, progress=progress)
             for lo in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress):
-                with _autocast(device):
+                with device_autocast(device):
                     u = hasher.forward_from_tokens(tokens[lo : lo + batch_size].to(device), start)
                 chunks.append(_codes(u))
         else:
-            loader = _loader(images.with_transform(hasher.backbone.preprocess), batch_size, 0)
+            loader = DataLoader(images.with_transform(hasher.backbone.preprocess), batch_size=batch_size)
             for batch, _, _ in tqdm(loader, desc=desc, disable=not progress):
-                with _autocast(device):
+                with device_autocast(device):
                     u = hasher(batch.to(device))
                 chunks.append(_codes(u))
     finally:

@@ -9,3 +9,21 @@ def fresh_tiny(seed: int = 0):
     """A fresh random-init `tiny` backbone (adapters and hashers modify theirs in place); same seed, same weights."""
     torch.manual_seed(seed)
     return load_backbone("tiny")
+
+
+def tiny_list_dataset(root, duplicate_query_into_database: bool = False) -> None:
+    """A DeepHash-style list-file data set of real PNG files at ``root``: 2 classes, 6 train, 2 query,
+    6 database; with ``duplicate_query_into_database`` a query picture reappears under another name."""
+    import numpy as np
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 255, size=(14, 32, 32, 3), dtype=np.uint8)
+    if duplicate_query_into_database:
+        pixels[13] = pixels[0]
+    for i, image in enumerate(pixels):
+        Image.fromarray(image).save(root / "images" / f"{i}.png")
+    label = ["1 0", "0 1"]
+    (root / "classnames.txt").write_text("cat\ndog\n")
+    for name, (lo, hi) in {"query.txt": (0, 2), "train.txt": (2, 8), "gallery.txt": (8, 14)}.items():
+        (root / name).write_text("".join(f"{i}.png {label[i % 2]}\n" for i in range(lo, hi)))

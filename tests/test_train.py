@@ -10,12 +10,21 @@ from kalahash.metrics import mean_average_precision
 from kalahash.train import (
     PrefixCache,
     TrainConfig,
+    TrainResult,
+    batch_source,
+    check_finite_loss,
+    check_training_input,
     encode,
     evaluate,
+    finish_epoch,
     fit,
     load_checkpoint,
+    make_optimizer,
     restore_hasher,
+    restore_training_state,
     save_checkpoint,
+    save_training_state,
+    train_epoch,
 )
 
 CLASSES = ["red circle", "blue square", "green triangle"]
@@ -223,3 +232,136 @@ def test_evaluate_scores_codes_with_the_protocol(data, tmp_path):
     assert scores["map"] == pytest.approx(expected)
     assert scores["map_topk"] == 48 and scores["ties"] == "index"
     assert 0 <= scores["p_at_100"] <= 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The steps of fit, one at a time
+
+
+def _ready(train_set: ImageList, method: str = "kalahash", **config):
+    """A hasher with its loss state allocated, its optimizer, scaler and settings, as fit sets them up."""
+    hasher = _hasher(method)
+    hasher.begin_training(train_set.labels)
+    cfg = TrainConfig(**{"epochs": 2, **config})
+    return hasher, *make_optimizer(hasher, cfg), cfg
+
+
+def test_check_training_input_names_the_problem(data):
+    hasher, _, _, config = _ready(data.train)
+    check_training_input(hasher, data.train, config)
+    with pytest.raises(ValueError, match="5 images, fewer than batch_size=8"):
+        check_training_input(hasher, data.train.subset(np.arange(5)), config)
+    check_training_input(hasher, data.train.subset(np.arange(5)), TrainConfig(drop_last=False))
+    wide = ImageList(data.train.images, np.eye(4, dtype=np.uint8)[np.arange(24) % 4])
+    with pytest.raises(ValueError, match="4 columns, the hasher 3 classes"):
+        check_training_input(hasher, wide, config)
+
+
+def test_make_optimizer_covers_the_trainable_parameters(data):
+    hasher, optimizer, scaler, _ = _ready(data.train, lr=0.05, momentum=0.5)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    assert {id(p) for p in params} == {id(p) for p in hasher.trainable_parameters()}
+    assert optimizer.param_groups[0]["lr"] == 0.05 and optimizer.param_groups[0]["momentum"] == 0.5
+    assert not scaler.is_enabled()  # fp32 on the CPU: nothing to scale
+
+
+def test_batch_source_cached_and_naive_give_the_same_outputs(data, tmp_path):
+    hasher, *_ = _ready(data.train)
+    naive = batch_source(hasher, data.train, None, progress=False)
+    cached = batch_source(hasher, data.train, PrefixCache(tmp_path), progress=False)
+    idx = torch.tensor([0, 5, 7])
+    np.testing.assert_array_equal(naive.labels.numpy(), data.train.labels.astype(np.float32))
+    assert naive.inputs(idx).shape == (3, 3, 32, 32) and cached.inputs(idx).dim() == 3  # pixels vs tokens
+    with torch.no_grad():
+        u_naive, u_cached = naive.forward(naive.inputs(idx)), cached.forward(cached.inputs(idx))
+    assert u_naive.shape == (3, 8)
+    torch.testing.assert_close(u_cached, u_naive, atol=1e-5, rtol=1e-5)
+
+
+def test_check_finite_loss_names_epoch_step_and_method():
+    check_finite_loss(torch.tensor(0.25), 1, 1, "lb")
+    with pytest.raises(FloatingPointError, match=r"became nan at epoch 3, step 7 \(kalahash\)"):
+        check_finite_loss(torch.tensor(float("nan")), 3, 7, "kalahash")
+    with pytest.raises(FloatingPointError, match=r"became inf at epoch 1, step 2"):
+        check_finite_loss(torch.tensor(float("inf")), 1, 2, "lb")
+
+
+def test_train_epoch_steps_every_batch_and_averages_the_loss(data, monkeypatch):
+    hasher, optimizer, scaler, config = _ready(data.train)
+    source = batch_source(hasher, data.train, None, progress=False)
+    before = _state(hasher)
+    seen = []
+    original = hasher.loss_on_batch
+
+    def loss_on_batch(u, labels, idx):
+        loss, parts = original(u, labels, idx)
+        seen.append((loss.item(), idx.tolist()))
+        return loss, parts
+
+    monkeypatch.setattr(hasher, "loss_on_batch", loss_on_batch)
+    means = train_epoch(hasher, source, optimizer, scaler, config, epoch=0)
+    assert len(seen) == 3  # 24 images / batch 8
+    assert sorted(i for _, idx in seen for i in idx) == list(range(24))  # each image once, shuffled
+    assert means["loss"] == pytest.approx(sum(loss for loss, _ in seen) / 3)
+    assert {"sim", "ali", "qua"} <= set(means)
+    after = _state(hasher)
+    assert not torch.equal(before["head.linear.weight"], after["head.linear.weight"])
+    assert torch.equal(before["criterion.B"], after["criterion.B"])  # the B-step is not part of an epoch
+    train_epoch(hasher, source, optimizer, scaler, config, epoch=1)
+    assert [idx for _, idx in seen[3:]] != [idx for _, idx in seen[:3]]  # another epoch, another order
+
+
+def test_train_epoch_stops_at_a_non_finite_loss(data, monkeypatch):
+    hasher, optimizer, scaler, config = _ready(data.train, "lb")
+    source = batch_source(hasher, data.train, None, progress=False)
+    original = hasher.loss_on_batch
+    states = []
+
+    def loss_on_batch(u, labels, idx):
+        states.append(_state(hasher))  # the weights each step starts from
+        loss, parts = original(u, labels, idx)
+        return (loss * float("inf"), parts) if len(states) == 2 else (loss, parts)
+
+    monkeypatch.setattr(hasher, "loss_on_batch", loss_on_batch)
+    with pytest.raises(FloatingPointError, match="at epoch 5, step 2"):
+        train_epoch(hasher, source, optimizer, scaler, config, epoch=4)
+    assert len(states) == 2
+    assert not torch.equal(states[0]["head.linear.weight"], states[1]["head.linear.weight"])  # step 1 applied
+    for key, value in _state(hasher).items():  # the bad loss never reached the weights
+        assert torch.equal(value, states[1][key]), key
+
+
+def test_finish_epoch_runs_the_b_step_and_records_the_row(data):
+    hasher, *_ = _ready(data.train)
+    result = TrainResult(history=[{"epoch": 4, "loss": 1.0}])
+    b_before = hasher.criterion.B.clone()
+    row = finish_epoch(hasher, result, 4, {"loss": 0.5, "sim": 0.25})
+    assert row == {"epoch": 5, "loss": 0.5, "sim": 0.25} and result.history[-1] is row
+    assert len(result.history) == 2 and int(hasher.epochs_done) == 1
+    assert not torch.equal(hasher.criterion.B, b_before)  # KIDDO's B-step ran
+    assert set(hasher.criterion.B.unique().tolist()) <= {-1.0, 1.0}
+
+
+def test_training_state_saves_and_restores_the_run(data, tmp_path):
+    hasher, optimizer, scaler, config = _ready(data.train)
+    source = batch_source(hasher, data.train, None, progress=False)
+    result = TrainResult(seconds=1.5)
+    finish_epoch(hasher, result, 0, train_epoch(hasher, source, optimizer, scaler, config, 0))
+    path = save_training_state(tmp_path / "run.ckpt", hasher, optimizer, result, config, epochs_done=1)
+    assert load_checkpoint(path)["epoch"] == 1
+
+    fresh, fresh_optimizer, _, _ = _ready(data.train)
+    restored = restore_training_state(path, fresh, fresh_optimizer, config)
+    assert restored.resumed_from_epoch == 1 and restored.seconds == 1.5 and restored.history == result.history
+    for key, value in _state(hasher).items():
+        assert torch.equal(_state(fresh)[key], value), key
+    saved, loaded = optimizer.state_dict()["state"], fresh_optimizer.state_dict()["state"]
+    assert saved.keys() == loaded.keys() and saved
+    for i in saved:  # the momentum carries over
+        assert torch.equal(saved[i]["momentum_buffer"], loaded[i]["momentum_buffer"]), i
+    with pytest.raises(ValueError, match="training settings"):
+        restore_training_state(path, fresh, fresh_optimizer, TrainConfig(epochs=2, lr=0.5))
+    torch.manual_seed(7)
+    other = build_hasher("kalahash", load_backbone("tiny"), CLASSES, 8, rank=2)
+    with pytest.raises(ValueError, match="Load the same backbone weights"):
+        restore_training_state(path, other, make_optimizer(other, config)[0], config)
