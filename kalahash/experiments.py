@@ -20,6 +20,7 @@ import torch
 
 from . import __version__
 from .fileio import atomic_write, atomic_write_text
+from .history import FLAG_MARK, group_flags, history_path, history_summary, save_history
 from .presets import LORA_BASELINE, preset
 from .train import PrefixCache, TrainConfig, evaluate, fit, load_checkpoint, restore_hasher, save_checkpoint
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 DEFAULT_RESULTS = Path("results/results.csv")
 DEFAULT_CACHE = Path("cache/prefix")
-METHODS = ("lb", "fft", "lora", "clora", "kalahash")
+METHODS = ("lb", "fft", "lora", "clora", "kalahash", "zeroshot")
 # Which preset hyperparameters each method uses; the rest of a preset does not apply to it.
 _METHOD_KEYS = {
     "lb": (),
@@ -38,7 +39,10 @@ _METHOD_KEYS = {
     "lora": ("rank", "strength"),
     "clora": ("rank", "strength"),
     "kalahash": ("rank", "strength", "kiddo_alpha", "kiddo_beta", "kiddo_gamma"),
+    "zeroshot": (),
 }
+# Fields added after results tables existed: out of config_id at their default (stored ids stay valid).
+_LATER_FIELDS = {"knowledge": "true"}
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,9 @@ class ExperimentConfig:
 
     ``seed`` draws the few-shot sample and seeds training; the query/database split of a data set is
     fixed (``split_seed``) so every method and seed is scored on the same images. ``hyperparameters``
-    override the preset of the setting (``kalahash.presets``).
+    override the preset of the setting (``kalahash.presets``). ``knowledge`` is the control of K for the
+    methods that read it (``"true"``, ``"permuted"``, ``"random"``; :func:`kalahash.hashing.control_knowledge`),
+    seeded with ``seed``. Method ``zeroshot`` trains nothing (``epochs`` is ignored).
     """
 
     dataset: str = "shapes"
@@ -66,6 +72,7 @@ class ExperimentConfig:
     topk: int | None = None
     ties: str = "index"
     split_seed: int = 0
+    knowledge: str = "true"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -76,6 +83,7 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         from .data import resolve_dataset_name
         from .hashing import LOSSES
+        from .hashing.factory import check_knowledge_control
 
         # canonical name (aliases such as nus-wide accepted); unknown names fail here, before anything runs
         object.__setattr__(self, "dataset", resolve_dataset_name(self.dataset))
@@ -84,6 +92,7 @@ class ExperimentConfig:
         if self.ties not in ("index", "average"):
             raise ValueError(f"ties must be 'index' or 'average', got {self.ties!r}")
         object.__setattr__(self, "hyperparameters", dict(self.hyperparameters))
+        check_knowledge_control(self.method, self.hyperparameters, self.knowledge)
 
     def resolved_hparams(self) -> tuple[dict[str, Any], str]:
         """The hyperparameters this run uses and where they come from (preset source or 'given')."""
@@ -99,9 +108,13 @@ class ExperimentConfig:
             base["loss"] = self.loss
         elif self.loss != "dpsh":
             base["loss"] = self.loss  # KIDDO with another similarity loss: plug-and-play
+        if self.knowledge != "true":
+            base.update(knowledge=self.knowledge, knowledge_seed=self.seed)
         base.update(self.hyperparameters)
         if self.hyperparameters:
             source += "; overridden: " + ", ".join(sorted(self.hyperparameters))
+        if "anchor_momentum" in self.hyperparameters:
+            source += "; ours, not the paper's: anchor_momentum"
         return base, source
 
     def to_row(self) -> dict[str, Any]:
@@ -111,10 +124,10 @@ class ExperimentConfig:
 
     @property
     def config_id(self) -> str:
-        """Identifies a run by everything that determines its result."""
-        return hashlib.sha256(json.dumps(self.to_row(), sort_keys=True, default=str).encode()).hexdigest()[
-            :12
-        ]
+        """Identifies a run by everything that determines its result (a later field at its default
+        is left out, so the ids of stored rows stay valid)."""
+        row = {k: v for k, v in self.to_row().items() if _LATER_FIELDS.get(k, object()) != v}
+        return hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _git_commit() -> str:
@@ -179,10 +192,15 @@ class _Locked:
 
 
 def read_results(path: str | os.PathLike = DEFAULT_RESULTS) -> pd.DataFrame:
+    """The results table; ``flags`` is "" for a run checked and found clean, NaN for one never checked."""
     path = Path(path)
     if not path.exists():
         return pd.DataFrame()
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    if "flags" in table:
+        flags = table["flags"].astype(object)
+        table["flags"] = flags.where(flags.notna() | table["history_file"].isna(), "")
+    return table
 
 
 def append_result(row: Mapping[str, Any], path: str | os.PathLike = DEFAULT_RESULTS) -> None:
@@ -267,7 +285,9 @@ def run_experiment(
     A configuration already in ``results`` is not run again (its stored row comes back with
     ``skipped=True``) unless ``force``. Data whose integrity check failed is refused unless
     ``allow_failed_check``. ``cache`` is a :class:`PrefixCache` or its folder (``None``: no cache).
-    ``workdir`` keeps the few-shot split lists (``splits/``) and remembered data checks (``data_checks/``).
+    ``workdir`` keeps the few-shot split lists (``splits/``), remembered data checks (``data_checks/``)
+    and each run's training history (``histories/<config_id>.csv``; :mod:`kalahash.history`), which the
+    row summarises, with ``flags`` naming what went wrong (empty when nothing did).
     """
     from .backbones import load_backbone
     from .data import few_shot_split, load_dataset
@@ -302,6 +322,8 @@ def run_experiment(
     began = time.perf_counter()
     scores = evaluate(hasher, data, topk=cfg.topk, cache=cache, ties=cfg.ties, progress=progress)
     counts = hasher.parameter_counts()
+    diagnosis = history_summary(trained.history, cfg.bits, len(data.classnames), scores["database_codes"])
+    history_file = save_history(trained.history, history_path(workdir, cfg.config_id))
     row = {
         "config_id": cfg.config_id,
         **cfg.to_row(),
@@ -318,6 +340,8 @@ def run_experiment(
         "train_seconds": round(trained.seconds, 3),
         "eval_seconds": round(time.perf_counter() - began, 3),
         "trainable_params": counts["total_trainable"],
+        **diagnosis,
+        "history_file": str(history_file),
         "backbone_fingerprint": backbone.fingerprint,
         "data_fingerprint": check["fingerprint"],
         "data_check_ok": check["ok"],
@@ -359,16 +383,29 @@ def run_sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], **kwarg
 
 
 def summarize(
-    rows: pd.DataFrame, by: Iterable[str] = ("dataset", "shots", "bits", "method"), value: str = "map"
+    rows: pd.DataFrame,
+    by: Iterable[str] = ("dataset", "shots", "bits", "method", "knowledge"),
+    value: str = "map",
 ) -> pd.DataFrame:
-    """Mean and standard deviation over seeds of ``value`` for each group, with a 'mean ± std' column."""
-    by = list(by)
-    grouped = rows.groupby(by, sort=False)[value]
-    table = grouped.agg(mean="mean", std="std", seeds="count").reset_index()
+    """Mean and standard deviation over seeds of ``value`` for each group, with a 'mean ± std' column.
+
+    ``knowledge`` groups where rows have it (older rows used the true K). With ``flags`` in the rows, a
+    ``flags`` column counts each flag's runs and a group with a flagged run gets ⚑ after 'mean ± std'.
+    """
+    rows = rows.copy()
+    if "knowledge" in rows:
+        rows["knowledge"] = rows["knowledge"].fillna("true")
+    by = [b for b in by if b != "knowledge" or b in rows]
+    grouped = rows.groupby(by, sort=False)
+    table = grouped[value].agg(mean="mean", std="std", seeds="count").reset_index()
     table["std"] = table["std"].fillna(0.0)
     table[f"{value} (mean ± std)"] = [
         f"{m:.4f} ± {s:.4f}" for m, s in zip(table["mean"], table["std"], strict=True)
     ]
+    if "flags" in rows:
+        table["flags"] = grouped["flags"].agg(group_flags).to_numpy()
+        marked = table["flags"] != ""
+        table.loc[marked, f"{value} (mean ± std)"] += f" {FLAG_MARK}"
     return table
 
 

@@ -9,7 +9,8 @@
   ``dpsh``, ``hashnet``, ``csq``, ``orthohash``, ``mdsh``.
 * :mod:`.kiddo` — KIDDO: L_sim, L_ali, L_qua per batch and the per-epoch discrete B-step.
 * :mod:`.model` — :class:`Hasher`, the model API of training, caching and checkpoints (:mod:`.state`).
-* :mod:`.factory` — :data:`METHODS`, :data:`HPARAMS` and :func:`build_hasher`.
+* :mod:`.factory` — :data:`METHODS`, :data:`HPARAMS` and :func:`build_hasher` (:func:`uses_knowledge`: does a
+  method read K).
 
 This package may import kalahash's data, backbones, lora (adapters), metrics and fileio modules, never
 train, experiments, cli or world: those build on it.

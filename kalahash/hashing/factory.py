@@ -61,6 +61,7 @@ HPARAMS: dict[str, Any] = {
     "template": DEFAULT_TEMPLATE,
     "knowledge": "true",
     "knowledge_seed": 0,
+    "anchor_momentum": None,
 }
 
 
@@ -136,6 +137,10 @@ def _resolve_hparams(method: str, hparams: dict[str, Any]) -> dict[str, Any]:
             f"template must be a string containing '{{}}' for the class name, got {hp['template']!r}"
         )
     _check_knowledge_options(method, hp)
+    if hp["anchor_momentum"] is not None:
+        hp["anchor_momentum"] = _check_number("anchor_momentum", hp["anchor_momentum"], 0)
+        if not hp["kiddo"]:
+            raise ValueError("anchor_momentum sets the momentum of KIDDO's G: it needs kiddo=True")
     return hp
 
 
@@ -147,16 +152,23 @@ def uses_knowledge(method: str, hparams: dict[str, Any]) -> bool:
     return spec["adapter"] == "clora" or spec["zeroshot"] or bool(spec["kiddo"] if kiddo is None else kiddo)
 
 
+def check_knowledge_control(method: str, hparams: dict[str, Any], knowledge: Any) -> str:
+    """``knowledge`` if it is a control mode this method (with these hparams) can take: a control other
+    than ``"true"`` needs a method that reads K (:func:`uses_knowledge`)."""
+    knowledge = check_knowledge_mode(knowledge)
+    if knowledge != "true" and not uses_knowledge(method, hparams):
+        raise ValueError(
+            f"knowledge={knowledge!r} is a control for methods that read K (clora, kalahash, zeroshot, or "
+            f"any method with kiddo=True); method {method!r} does not: use knowledge='true'"
+        )
+    return knowledge
+
+
 def _check_knowledge_options(method: str, hp: dict[str, Any]) -> None:
-    hp["knowledge"] = check_knowledge_mode(hp["knowledge"])
+    hp["knowledge"] = check_knowledge_control(method, hp, hp["knowledge"])
     seed = hp["knowledge_seed"]
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"knowledge_seed must be a non-negative int, got {seed!r}")
-    if hp["knowledge"] != "true" and not uses_knowledge(method, hp):
-        raise ValueError(
-            f"knowledge={hp['knowledge']!r} is a control for methods that use K (clora, kalahash, zeroshot, "
-            f"or any method with kiddo=True); method {method!r} does not read K: use knowledge='true'"
-        )
     if METHODS[method]["zeroshot"] and hp["kiddo"]:
         raise ValueError("method 'zeroshot' trains nothing, so it cannot use KIDDO: drop kiddo=True")
 
@@ -216,6 +228,9 @@ def build_hasher(
         ``knowledge`` ("true") a control of K for methods that read it (:func:`control_knowledge`:
         ``"permuted"`` deals the text rows to other classes, ``"random"`` Gaussian rows of K's norms);
         ``knowledge_seed`` (0) seeds it. Methods that do not read K accept only ``"true"``.
+        ``anchor_momentum`` (None: the optimiser's, as released) ours, not the paper's: SGD momentum
+        for G alone. With the released 0.9, L_ali can drive ‖G‖ up without bound on a K dominated by
+        its common mean (tiny-shapes); 0.0 keeps it stable there. Never switched on by default.
         ``adapter`` is accepted for explicitness but must agree with the method.
         Hparams a method does not use (e.g. ``rank`` for ``lb``) are recorded and ignored.
 

@@ -5,6 +5,8 @@ classes (``"permuted"``: a seeded derangement, so no class keeps its own row), o
 row norms (``"random"``: the scale is kept, the text is gone). A method whose score does not drop under
 these controls does not use the knowledge, whatever it claims. :func:`build_hasher` applies the control
 where K is computed, so CLoRA's pool F(K), KIDDO's anchors G(K) and the zero-shot codes all see it.
+(For ``zeroshot`` on single-label data ``"permuted"`` changes nothing: it only renames the classes' codes,
+and retrieval never looks at names.)
 """
 
 from __future__ import annotations

@@ -124,6 +124,18 @@ class Hasher(nn.Module):
         """The parameters the optimiser updates (adapters, F, head, G; the image tower under fft)."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """SGD parameter groups: one for everything trained, unless hparam ``anchor_momentum`` gives G
+        its own momentum (ours; see :func:`build_hasher`)."""
+        params = self.trainable_parameters()
+        if self.anchors is None or self.hparams.get("anchor_momentum") is None:
+            return [{"params": params}]
+        anchor_ids = {id(p) for p in self.anchors.parameters()}
+        return [
+            {"params": [p for p in params if id(p) not in anchor_ids]},
+            {"params": list(self.anchors.parameters()), "momentum": self.hparams["anchor_momentum"]},
+        ]
+
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameter counts per part, plus ``total_trainable``."""
 
