@@ -145,6 +145,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-failed-check", action="store_true", help="run on data whose integrity check failed"
     )
+    p.add_argument(
+        "--strict-shots",
+        action="store_true",
+        help="refuse a few-shot set in which some class got fewer than --shots images (by default the "
+        "run goes on, as the released MS-COCO / NUS-WIDE splits do, and records the shortfall)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -155,6 +161,7 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "cache": None if args.cache == "none" else args.cache,
         "force": args.force,
         "allow_failed_check": args.allow_failed_check,
+        "strict_shots": args.strict_shots,
         "device": args.device,
         "progress": not args.quiet,
     }

@@ -20,7 +20,7 @@ import torch
 
 from . import __version__
 from .fileio import atomic_write, atomic_write_text
-from .history import FLAG_MARK, group_flags, history_path, history_summary, save_history
+from .history import FLAG_MARK, group_flags, history_path, history_summary, save_history, stored_flags
 from .presets import LORA_BASELINE, preset
 from .train import PrefixCache, TrainConfig, evaluate, fit, load_checkpoint, restore_hasher, save_checkpoint
 
@@ -192,15 +192,11 @@ class _Locked:
 
 
 def read_results(path: str | os.PathLike = DEFAULT_RESULTS) -> pd.DataFrame:
-    """The results table; ``flags`` is "" for a run checked and found clean, NaN for one never checked."""
+    """The results table (``flags`` as :func:`kalahash.history.stored_flags` reads them)."""
     path = Path(path)
     if not path.exists():
         return pd.DataFrame()
-    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    if "flags" in table:
-        flags = table["flags"].astype(object)
-        table["flags"] = flags.where(flags.notna() | table["history_file"].isna(), "")
-    return table
+    return stored_flags(pd.read_csv(path, keep_default_na=False, na_values=[""]))
 
 
 def append_result(row: Mapping[str, Any], path: str | os.PathLike = DEFAULT_RESULTS) -> None:
@@ -224,18 +220,28 @@ def find_result(config: ExperimentConfig, path: str | os.PathLike = DEFAULT_RESU
 
 
 def checked_data(data: Any, cache_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
-    """The integrity check of a data set, run once per set of splits and remembered by fingerprint.
+    """The integrity check of a data set, remembered while its lists and its images stay the same.
 
     Opening every file of NUS-WIDE or MS-COCO takes minutes, so a sweep reuses the stored verdict for
-    the same lists (same ids and labels); ``kalahash check-data`` always checks afresh.
+    the same lists (ids and labels: the fingerprint) as long as every file keeps its size and
+    modification time (or the in-memory pixels their content): repairing or breaking an image makes the
+    next run check again. ``kalahash check-data`` always checks afresh.
     """
-    from .data import check_data, data_fingerprint
+    from .data import check_data, content_stamp, data_fingerprint
 
     path = Path(cache_dir) / f"{data.name}-{data_fingerprint(data)[:20]}.json"
+    stamp = content_stamp(data)  # before the check: a file changed during it is checked again next time
     if path.exists():
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
+        if record.get("content_stamp") == stamp:
+            return record
     check = check_data(data, progress=progress)
-    record = {"ok": check.ok, "fingerprint": check.fingerprint, "report": check.report()}
+    record = {
+        "ok": check.ok,
+        "fingerprint": check.fingerprint,
+        "content_stamp": stamp,
+        "report": check.report(),
+    }
     atomic_write_text(path, json.dumps(record, indent=2))
     return record
 
@@ -279,15 +285,17 @@ def run_experiment(
     allow_failed_check: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
+    strict_shots: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate one configuration; return its row and append it to ``results``.
 
     A configuration already in ``results`` is not run again (its stored row comes back with
     ``skipped=True``) unless ``force``. Data whose integrity check failed is refused unless
     ``allow_failed_check``. ``cache`` is a :class:`PrefixCache` or its folder (``None``: no cache).
-    ``workdir`` keeps the few-shot split lists (``splits/``), remembered data checks (``data_checks/``)
-    and each run's training history (``histories/<config_id>.csv``; :mod:`kalahash.history`), which the
-    row summarises, with ``flags`` naming what went wrong (empty when nothing did).
+    ``workdir`` keeps the split lists (``splits/``), data checks (``data_checks/``) and each run's history
+    (``histories/``; :mod:`kalahash.history`), summarised in its row with ``flags`` ("" when none).
+    A class the train pool cannot give ``shots`` images is recorded in ``shot_shortfall``;
+    ``strict_shots`` refuses to run instead.
     """
     from .backbones import load_backbone
     from .data import few_shot_split, load_dataset
@@ -307,8 +315,8 @@ def run_experiment(
             f"the data check of {cfg.dataset!r} failed:\n{check['report']}\nFix the data, or pass "
             "allow_failed_check=True (CLI: --allow-failed-check) to run anyway."
         )
-    split_dir = Path(workdir) / "splits" / f"{cfg.dataset}-split{cfg.split_seed}"
-    train_set = few_shot_split(data, cfg.shots, seed=cfg.seed, out_dir=split_dir)
+    split_dir = Path(workdir) / "splits" / f"{cfg.dataset}-{check['fingerprint'][:12]}-split{cfg.split_seed}"
+    train_set = few_shot_split(data, cfg.shots, seed=cfg.seed, out_dir=split_dir, strict=strict_shots)
     hparams, hparams_source = cfg.resolved_hparams()
     torch.manual_seed(cfg.seed)
     backbone = load_backbone(cfg.backbone, cfg.pretrained, device=device)
@@ -330,6 +338,7 @@ def run_experiment(
         "hparams_used": json.dumps(hparams, sort_keys=True),
         "hparams_source": hparams_source,
         "train_images": len(train_set),
+        "shot_shortfall": train_set.shortfall_text,
         "train_batch_size": train_config.batch_size,
         "map": scores["map"],
         "map_at": scores["map_topk"],

@@ -98,6 +98,15 @@ def history_summary(
     return summary
 
 
+def stored_flags(table: pd.DataFrame) -> pd.DataFrame:
+    """A results table as read from CSV, with ``flags`` "" again for runs checked and found clean (the
+    CSV stores "" as an empty field); NaN stays for rows from before runs were checked (no history file)."""
+    if "flags" in table:
+        flags = table["flags"].astype(object)
+        table["flags"] = flags.where(flags.notna() | table["history_file"].isna(), "")
+    return table
+
+
 def _flag_list(value: Any) -> list[str]:
     return [f for f in value.split(";") if f] if isinstance(value, str) else []
 

@@ -1,7 +1,10 @@
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from kalahash.cli import main
+from kalahash.data import ShortShotsWarning
 
 
 def _run_args(tmp_path, *extra: str) -> list[str]:
@@ -28,7 +31,8 @@ def test_run_writes_a_row_and_skips_a_repeat(tmp_path, capsys, monkeypatch):
     )
     assert 0 <= row["map"] <= 1 and row["trainable_params"] > 0
     assert row["data_check_ok"] and len(row["data_fingerprint"]) == 64
-    assert (tmp_path / "results" / "splits" / "shapes-split0" / "shapes_1shot_seed42.txt").exists()
+    split_dir = tmp_path / "results" / "splits" / f"shapes-{row['data_fingerprint'][:12]}-split0"
+    assert (split_dir / "shapes_1shot_seed42.txt").exists()
     assert main(_run_args(tmp_path, "--method", "lb")) == 0
     assert "stored result" in capsys.readouterr().out
     assert len(pd.read_csv(tmp_path / "results.csv")) == 1
@@ -40,6 +44,31 @@ def test_run_with_several_seeds_prints_mean_and_std(tmp_path, capsys, monkeypatc
     out = capsys.readouterr().out
     assert "seed 0:" in out and "seed 1:" in out and "±" in out
     assert len(pd.read_csv(tmp_path / "results.csv")) == 2
+
+
+def test_short_few_shot_set_runs_and_is_recorded_unless_strict(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "mine"
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+    (root / "classnames.txt").write_text("cat\ndog\nfish\n")
+    # at 1 shot dog only comes with a class already full (cat, then fish), as in MS-COCO
+    (root / "train.txt").write_text("0.png 1 0 0\n1.png 1 1 0\n2.png 0 0 1\n3.png 0 1 1\n")
+    (root / "query.txt").write_text("4.png 1 0 0\n5.png 0 1 0\n")
+    (root / "gallery.txt").write_text("0.png 1 0 0\n1.png 1 1 0\n2.png 0 0 1\n6.png 0 1 0\n7.png 1 0 1\n")
+    args = ["run", "--dataset", "nuswide", "--data-root", str(root), "--backbone", "tiny", "--epochs", "1",
+            "--method", "lb", "--quiet", "--results", str(tmp_path / "r.csv"), "--cache", "none"]  # fmt: skip
+    assert main([*args, "--strict-shots"]) == 2
+    assert "class 1 ('dog') got only 0 of 1 images" in capsys.readouterr().err
+    assert not (tmp_path / "r.csv").exists()
+    with pytest.warns(ShortShotsWarning, match=r"\(dog=0/1\)"):
+        assert main(args) == 0
+    row = pd.read_csv(tmp_path / "r.csv").iloc[0]
+    assert row["shot_shortfall"] == "dog=0/1" and row["train_images"] == 2
+    split_dir = tmp_path / "results" / "splits" / f"nuswide-{row['data_fingerprint'][:12]}-split0"
+    assert "# shortfall: dog=0/1" in (split_dir / "nuswide_1shot_seed42.txt").read_text().splitlines()
 
 
 @pytest.mark.parametrize(

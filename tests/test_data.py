@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -478,7 +480,9 @@ def test_greedy_file_order_rule_on_a_hand_made_case():
     np.testing.assert_array_equal(few_shot_indices(GREEDY_LABELS, 2), [0, 1, 2, 4])
     np.testing.assert_array_equal(few_shot_indices(GREEDY_LABELS, 2, seed=9), [0, 1, 2, 4])
     with pytest.raises(ValueError, match=r"class 0 \('a'\) got only 2 of 3 images \(the pool has 2"):
-        few_shot_indices(GREEDY_LABELS, 3, classnames=["a", "b", "c"])
+        few_shot_indices(GREEDY_LABELS, 3, classnames=["a", "b", "c"], strict=True)
+    with pytest.warns(kd.ShortShotsWarning, match=r"2 classes got fewer than 3 images \(a=2/3, b=2/3\)"):
+        np.testing.assert_array_equal(few_shot_indices(GREEDY_LABELS, 3, classnames="abc"), [0, 1, 2, 4, 5])
 
 
 def test_random_per_class_rule_is_seeded():
@@ -488,8 +492,12 @@ def test_random_per_class_rule_is_seeded():
     np.testing.assert_array_equal(labels[a].sum(0), [3, 3, 3])
     np.testing.assert_array_equal(a, few_shot_indices(labels, 3, seed=0))
     assert not np.array_equal(a, few_shot_indices(labels, 3, seed=1))
-    with pytest.raises(ValueError, match=r"class 1 \('dog'\) has only 2 images"):
-        few_shot_indices(labels[:12], 3, classnames=["cat", "dog", "fish"])
+    with pytest.raises(ValueError, match=r"class 1 \('dog'\) got only 2 of 3 images \(the pool has 2"):
+        few_shot_indices(labels[:12], 3, classnames=["cat", "dog", "fish"], strict=True)
+    with pytest.warns(kd.ShortShotsWarning, match=r"\(dog=2/3, fish=0/3\); going on with the 5 images"):
+        short = few_shot_indices(labels[:12], 3, classnames=["cat", "dog", "fish"])
+    np.testing.assert_array_equal(short[3:], [10, 11])  # all the pool has of dog, none of fish
+    np.testing.assert_array_equal(short[:3], a[:3])  # the same seeded draw for the full class
     greedy = few_shot_indices(labels, 2, rule=kd.RULE_GREEDY)
     np.testing.assert_array_equal(greedy, [0, 1, 10, 11, 20, 21])
 
@@ -539,7 +547,7 @@ def test_few_shot_split_writes_reads_and_detects_changed_data(tmp_path, cifar_ar
     assert few_shot_split(data, 2, seed=1).ids != train.ids
     other_pool = _load_tiny_cifar(root, seed=1, split_dir=tmp_path / "other")
     with pytest.raises(
-        ValueError, match=r"cifar10_2shot_seed0\.txt does not match .* the train pool changed"
+        ValueError, match=r"cifar10_2shot_seed0\.txt does not match .*: the data changed since it was written"
     ):
         few_shot_split(other_pool, 2, seed=0, out_dir=out)
     with pytest.raises(ValueError, match="was made with"):
@@ -552,6 +560,72 @@ def test_few_shot_split_multi_label_uses_greedy_rule(lists_root, tmp_path):
     expected = few_shot_indices(data.train.labels, 1)
     assert train.ids == [data.train.ids[i] for i in expected]
     assert load_split(split_path(tmp_path, "nuswide", 1, 0))[1]["rule"] == kd.RULE_GREEDY
+
+
+# Class b only comes with a class that is already full at 1 shot (as in MS-COCO): the greedy pass misses it.
+SHORT_LABELS = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 1]])
+
+
+def _toy_data(train_labels: np.ndarray, name: str = "toy") -> RetrievalData:
+    """In-memory data with the given train pool (ids t0, t1, ...) as train and database, one query."""
+    n, c = train_labels.shape
+    pixels = np.random.default_rng(0).integers(0, 256, (n + 1, 4, 4, 3), dtype=np.uint8)
+    train = ImageList(pixels[:n], train_labels, [f"t{i}" for i in range(n)])
+    query = ImageList(pixels[n:], np.eye(c, dtype=np.uint8)[:1], ["q0"])
+    return RetrievalData(name, list("abcdefgh"[:c]), query, train, train, None)
+
+
+def test_greedy_rule_goes_on_short_with_a_warning_unless_strict():
+    with pytest.warns(kd.ShortShotsWarning, match=r"1 classes got fewer than 1 images \(b=0/1\)"):
+        np.testing.assert_array_equal(few_shot_indices(SHORT_LABELS, 1, classnames="abc"), [0, 2])
+    with pytest.raises(ValueError, match=r"class 1 \('b'\) got only 0 of 1 images \(the pool has 2"):
+        few_shot_indices(SHORT_LABELS, 1, classnames="abc", strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(few_shot_indices(SHORT_LABELS, 2, strict=True), [0, 1, 2, 3])
+
+
+def test_few_shot_split_records_the_shortfall(tmp_path):
+    data = _toy_data(SHORT_LABELS)
+    with pytest.warns(kd.ShortShotsWarning, match="b=0/1"):
+        train = few_shot_split(data, 1, out_dir=tmp_path)
+    assert isinstance(train, kd.FewShotSet) and train.ids == ["t0", "t2"]
+    assert train.shortfall == {"b": 0} and train.shortfall_text == "b=0/1"
+    ids, header = load_split(split_path(tmp_path, "toy", 1, 0))
+    assert ids == train.ids and header["shortfall"] == "b=0/1"
+    assert header["data_fingerprint"] == data_fingerprint(data)
+    with pytest.warns(kd.ShortShotsWarning):
+        assert few_shot_split(data, 1, out_dir=tmp_path).ids == ids  # re-derived and verified
+    with pytest.raises(ValueError, match="got only 0 of 1"):
+        few_shot_split(data, 1, out_dir=tmp_path, strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        full = few_shot_split(data, 2, out_dir=tmp_path)
+    assert full.shortfall == {} and full.shortfall_text == "none"
+    assert load_split(split_path(tmp_path, "toy", 2, 0))[1]["shortfall"] == "none"
+    old = split_path(tmp_path / "old", "toy", 1, 0)  # written before the shortfall and fingerprint lines
+    save_split(old, ids, dataset="toy", shots=1, seed=0, rule=kd.RULE_GREEDY)
+    with pytest.warns(kd.ShortShotsWarning):
+        assert few_shot_split(data, 1, out_dir=old.parent).ids == ids
+
+
+def test_saved_split_that_no_longer_matches_says_what_changed(tmp_path):
+    data = _toy_data(np.eye(3, dtype=np.uint8)[np.repeat([0, 1, 2], 4)])
+    train = few_shot_split(data, 1, out_dir=tmp_path)
+    path = split_path(tmp_path, "toy", 1, 0)
+    other = next(i for i in data.train.ids if i not in train.ids)
+    lines = [other if line == train.ids[0] else line for line in path.read_text().splitlines()]
+    path.write_text("\n".join(lines) + "\n")  # what another numpy might draw for the same data
+    with pytest.raises(ValueError) as err:
+        few_shot_split(data, 1, out_dir=tmp_path)
+    message = str(err.value)
+    assert (
+        f"the data is the same (fingerprint {data_fingerprint(data)[:12]}), so the drawing changed" in message
+    )
+    assert f"1 ids only in the file: {other}; 1 only in the re-derived list: {train.ids[0]}" in message
+    path.write_text("\n".join(line for line in lines if not line.startswith("# data_fingerprint")) + "\n")
+    with pytest.raises(ValueError, match="the train pool or the way the list is drawn changed"):
+        few_shot_split(data, 1, out_dir=tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -598,7 +672,8 @@ def test_check_data_finds_missing_corrupt_and_duplicated_files(lists_root):
     assert (
         f"1 query images have identical content in database under another id: {query_image} = dup.jpg" in text
     )
-    assert "PROBLEM" in check.report()
+    assert f"(first, {root / 'images' / corrupt}: not a readable image (UnidentifiedImageError" in text
+    assert "BytesIO" not in check.report() and "PROBLEM" in check.report()
     no_hash = check_data(load_dataset("nuswide", root), content_hash=False, progress=False)
     assert not any("identical content" in p for p in no_hash.problems) and no_hash.content_fingerprint is None
 
@@ -647,6 +722,40 @@ def test_check_data_label_conflicts_and_duplicate_notes():
     assert any(
         n.startswith("database holds 1 content duplicates under other ids, e.g. d0 = d1") for n in check.notes
     )
+
+
+def test_content_stamp_follows_the_files_and_pixels(lists_root, tmp_path, cifar_archive):
+    root, entries = lists_root
+    data = load_dataset("nuswide", root)
+    stamp = kd.content_stamp(data)
+    assert kd.content_stamp(load_dataset("nuswide", root)) == stamp
+    image = root / "images" / entries["train"][0][0]
+    raw, before = image.read_bytes(), image.stat()
+    image.write_bytes(b"broken")
+    assert kd.content_stamp(data) != stamp
+    image.write_bytes(raw)
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert kd.content_stamp(data) == stamp  # by size and time: nothing is read
+    image.unlink()
+    assert kd.content_stamp(data) != stamp
+    memory = _load_tiny_cifar(_cifar_root(tmp_path, cifar_archive[0]))
+    pixels = kd.content_stamp(memory)
+    memory.train.images[0, 0, 0, 0] ^= 1
+    assert kd.content_stamp(memory) != pixels
+
+
+def test_unreadable_image_met_while_loading_names_the_file(tmp_path):
+    good, broken, gone = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    _write_image(good, 0)
+    broken.write_bytes(b"not an image")
+    images = ImageList([good, broken, gone], np.eye(3), ["a.png", "b.png", "c.png"])
+    assert images.load_image(0).size == (8, 8)
+    with pytest.raises(
+        ValueError, match=rf"image {re.escape(str(broken))} \(id 'b.png'\) cannot be read .*check-data"
+    ):
+        images[1]
+    with pytest.raises(FileNotFoundError, match=rf"image {re.escape(str(gone))} \(id 'c.png'\) is missing"):
+        images[2]
 
 
 def test_world_data_sets_take_no_options():

@@ -12,17 +12,17 @@ from kalahash.plots import save_figure, shot_scaling
 from kalahash.train import load_checkpoint
 
 
-def _list_dataset(root, duplicate_query_into_database: bool) -> None:
+def _list_dataset(root, duplicate_query_into_database: bool, prefix: str = "") -> None:
     """A tiny DeepHash-style data set with real PNG files: 2 classes, 6 train, 2 query, 6 database."""
     (root / "images").mkdir(parents=True)
     rng = np.random.default_rng(0)
     names = []
     for i in range(14):
         pixels = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / "images" / f"{i}.png")
-        names.append(f"{i}.png")
+        Image.fromarray(pixels).save(root / "images" / f"{prefix}{i}.png")
+        names.append(f"{prefix}{i}.png")
     if duplicate_query_into_database:  # the same picture under another name
-        Image.open(root / "images" / "0.png").save(root / "images" / "13.png")
+        Image.open(root / "images" / f"{prefix}0.png").save(root / "images" / f"{prefix}13.png")
     label = ["1 0", "0 1"]
     (root / "classnames.txt").write_text("cat\ndog\n")
     (root / "query.txt").write_text("".join(f"{names[i]} {label[i % 2]}\n" for i in range(0, 2)))
@@ -70,12 +70,43 @@ def test_rows_carry_provenance_and_the_split_file(tmp_path):
     ):
         assert row[column] not in (None, ""), column  # fmt: skip
     assert json.loads(row["hparams_used"])["rank"] == 1  # the nuswide 1-shot preset
-    split = tmp_path / "w" / "splits" / "nuswide-split0" / "nuswide_1shot_seed3.txt"
-    lines = split.read_text().splitlines()
+    split_dir = tmp_path / "w" / "splits" / f"nuswide-{row['data_fingerprint'][:12]}-split0"
+    lines = (split_dir / "nuswide_1shot_seed3.txt").read_text().splitlines()
     assert "# rule: random-per-class" in lines and "# seed: 3" in lines  # single-label: k per class, seeded
+    assert "# shortfall: none" in lines and row["shot_shortfall"] == "none"
     picked = [line for line in lines if not line.startswith("#")]
     assert len(picked) == 2 and {int(p.split(".")[0]) % 2 for p in picked} == {0, 1}  # one cat, one dog
     assert all(2 <= int(p.split(".")[0]) < 8 for p in picked)  # from the train pool
+
+
+def test_data_check_verdict_follows_the_files(tmp_path):
+    root = tmp_path / "data"
+    _list_dataset(root, duplicate_query_into_database=False)
+    image = root / "images" / "9.png"  # in the database
+    raw = image.read_bytes()
+    config = _config(root, method="lb")
+    kwargs = {"results": None, "workdir": tmp_path / "w", "cache": None, "progress": False}
+    image.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"(?s)data check of 'nuswide' failed.*not a readable image.*9\.png"):
+        run_experiment(config, **kwargs)
+    image.write_bytes(raw)  # repaired: checked again, and it runs
+    assert run_experiment(config, **kwargs)["data_check_ok"]
+    image.write_bytes(b"broken after a passing check")
+    with pytest.raises(ValueError, match="data check of 'nuswide' failed"):
+        run_experiment(config, **kwargs)
+    with pytest.raises(ValueError, match=r"image \S*9\.png \(id '9\.png'\) cannot be read .*check-data"):
+        run_experiment(config, allow_failed_check=True, **kwargs)  # met during the run: named, not raw PIL
+
+
+def test_two_data_folders_keep_their_own_splits_in_one_workdir(tmp_path):
+    rows = []
+    for name in ("a", "b"):  # same data set name, different images and lists
+        _list_dataset(tmp_path / name, duplicate_query_into_database=False, prefix=name)
+        config = _config(tmp_path / name, method="lb")
+        rows.append(run_experiment(config, results=None, workdir=tmp_path / "w", cache=None, progress=False))
+    dirs = sorted(d.name for d in (tmp_path / "w" / "splits").iterdir())
+    assert dirs == sorted(f"nuswide-{row['data_fingerprint'][:12]}-split0" for row in rows)
+    assert rows[0]["data_fingerprint"] != rows[1]["data_fingerprint"]
 
 
 def test_checkpoint_then_eval_and_export(tmp_path, capsys, monkeypatch):

@@ -11,9 +11,11 @@ What lives where:
 
 - ``types``: :class:`ImageList`, :class:`RetrievalData`, ``SPLITS``;
 - ``registry``: :func:`register_dataset`, :func:`register_world`, :func:`load_dataset`, name and option checks;
-- ``protocol``: few-shot training sets and the plain-text split files;
+- ``protocol``: few-shot training sets (:class:`FewShotSet`; classes the pool cannot fill raise a
+  :class:`ShortShotsWarning`, or an error with ``strict=True``) and the plain-text split files;
 - ``cifar10``, ``listfiles`` (``nuswide``, ``coco``, ``listfile``), ``folder``: the loaders;
-- ``checks``: :func:`check_data` and :func:`data_fingerprint`.
+- ``checks``: :func:`check_data`, :func:`data_fingerprint` (ids and labels) and :func:`content_stamp`
+  (file sizes and times, in-memory pixels: whether a remembered check still holds).
 
 The offline worlds ``shapes`` / ``shapes-multi`` are registered by :mod:`kalahash.world` itself
 (``kalahash/__init__`` imports it). This package imports nothing of kalahash but ``kalahash.fileio``:
@@ -23,7 +25,7 @@ never a world, the backbones, adapters, hashing, training, experiments or the CL
 
 from __future__ import annotations
 
-from .checks import DataCheck, check_data, data_fingerprint
+from .checks import DataCheck, check_data, content_stamp, data_fingerprint
 from .cifar10 import (
     CIFAR10_ARCHIVE,
     CIFAR10_FOLDER,
@@ -41,6 +43,8 @@ from .protocol import (
     RULE_PROTOCOL,
     RULE_RANDOM,
     SPLIT_FORMAT,
+    FewShotSet,
+    ShortShotsWarning,
     few_shot_indices,
     few_shot_split,
     load_split,
@@ -72,11 +76,14 @@ __all__ = [
     "SPLITS",
     "SPLIT_FORMAT",
     "DataCheck",
+    "FewShotSet",
     "ImageList",
     "Loader",
     "RetrievalData",
+    "ShortShotsWarning",
     "Transform",
     "check_data",
+    "content_stamp",
     "data_fingerprint",
     "default_data_root",
     "download_cifar10",

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ._util import examples
 from .types import SPLITS, RetrievalData
@@ -32,6 +33,30 @@ def data_fingerprint(data: RetrievalData) -> str:
         h.update(f"{split} {len(images)} {images.num_classes}\n".encode())
         h.update(("\n".join(images.ids) + "\n").encode("utf-8"))
         h.update(np.ascontiguousarray(images.labels, dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def content_stamp(data: RetrievalData) -> str:
+    """A cheap stamp of what the images are now: each file's path, size and modification time (one
+    ``os.stat`` a file, nothing read), and the pixels of in-memory images.
+
+    With :func:`data_fingerprint` it tells whether a remembered check still holds: a repaired or broken
+    file changes it.
+    """
+    h = hashlib.blake2b(b"kalahash-content-stamp-v1\n", digest_size=32)
+    paths = sorted(
+        {str(p) for images in data.splits().values() if not images.in_memory for p in images.images}
+    )
+    for path in paths:
+        try:
+            st = os.stat(path)
+            h.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError as e:
+            h.update(f"{path}\t{type(e).__name__}\n".encode())
+    for split, images in data.splits().items():
+        if images.in_memory:
+            h.update(f"{split} pixels {images.images.shape}\n".encode())
+            h.update(np.ascontiguousarray(images.images))
     return h.hexdigest()
 
 
@@ -83,6 +108,8 @@ def _check_file(path: str, full_decode: bool) -> tuple[str | None, str | None]:
                 img.load()
             else:
                 img.verify()
+    except UnidentifiedImageError:  # its own text shows the in-memory stream, not the file
+        return digest, "not a readable image (UnidentifiedImageError: not a format PIL knows)"
     except Exception as e:
         return digest, f"not a readable image ({type(e).__name__}: {e})"
     return digest, None
@@ -171,7 +198,7 @@ def check_data(
             bad = [p for p, (_, err) in file_results.items() if err is not None and err.startswith(what)]
             if bad:
                 detail = file_results[bad[0]][1]
-                problems.append(f"{len(bad)} files {what}: {examples(bad)} (first: {detail})")
+                problems.append(f"{len(bad)} files {what}: {examples(bad)} (first, {bad[0]}: {detail})")
     kinds = set()
     for split, images in splits.items():
         if not content_hash:

@@ -7,6 +7,7 @@ training set; :func:`protocol_split` is the query / train pool split that cifar1
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 
 from ..fileio import atomic_write_text
 from ._util import check_count, class_label, examples, safe_name
+from .checks import data_fingerprint
 from .types import ImageList, RetrievalData
 
 # --------------------------------------------------------------------------------------------------
@@ -95,6 +97,41 @@ def load_split(path: str | Path) -> tuple[list[str], dict[str, str]]:
 # --------------------------------------------------------------------------------------------------
 
 
+class ShortShotsWarning(UserWarning):
+    """A few-shot training set has fewer than ``shots`` images for some classes, and training goes on."""
+
+
+class FewShotSet(ImageList):
+    """A k-shot training set: an :class:`ImageList` that also says which classes fell short.
+
+    ``shortfall`` maps each class with fewer than ``shots`` images to the number it got (empty when every
+    class is full); :attr:`shortfall_text` is how split files and results rows record it.
+    """
+
+    def __init__(self, images: ImageList, shots: int, shortfall: Mapping[str, int]) -> None:
+        super().__init__(images.images, images.labels, images.ids, images.transform)
+        self.shots = shots
+        self.shortfall = dict(shortfall)
+
+    @property
+    def shortfall_text(self) -> str:
+        """``"none"``, or ``"person=0/1, car=0/1"`` (class=got/wanted)."""
+        return _shortfall_text(self.shortfall, self.shots)
+
+
+def _shortfall(taken: np.ndarray, shots: int, classnames: Sequence[str] | None) -> dict[str, int]:
+    """``{class: images taken}`` for every class with fewer than ``shots`` among the taken label rows."""
+    counts = taken.sum(0)
+    return {
+        classnames[c] if classnames is not None and c < len(classnames) else f"class {c}": int(counts[c])
+        for c in np.flatnonzero(counts < shots)
+    }
+
+
+def _shortfall_text(shortfall: Mapping[str, int], shots: int) -> str:
+    return ", ".join(f"{name}={got}/{shots}" for name, got in shortfall.items()) or "none"
+
+
 def _default_rule(labels: np.ndarray) -> str:
     """Single-label pools (at most one label a row) draw at random per class; multi-label ones go greedy."""
     return RULE_RANDOM if np.asarray(labels).sum(1).max(initial=0) <= 1 else RULE_GREEDY
@@ -107,19 +144,24 @@ def few_shot_indices(
     *,
     rule: str | None = None,
     classnames: Sequence[str] | None = None,
+    strict: bool = False,
 ) -> np.ndarray:
     """Indices of a k-shot training set drawn from a train pool, in ascending (pool) order.
 
     Rules (notes: Protocol); ``rule=None`` picks by the labels:
 
     - ``"random-per-class"`` (every labelled row has exactly one label): for each class in index order,
-      ``shots`` rows drawn without replacement by ``np.random.default_rng(seed)``.
+      ``shots`` rows drawn without replacement by ``np.random.default_rng(seed)``; a class with fewer
+      images in the pool gives all it has.
     - ``"greedy-file-order"`` (multi-label): one pass in pool order; a row is taken only if none of its
       labels has ``shots`` images yet; a taken row counts for all its labels; stop when every class has
-      ``shots``. It does not use the seed (the released splits do not depend on one).
+      ``shots``. It does not use the seed (the released splits do not depend on one). A class whose
+      images all carry labels that are already full ends short, as in the released MS-COCO splits
+      (at 1 shot 6 of its 80 classes get no image).
 
-    Rows without any label are never taken (they carry no supervision). Raises ``ValueError`` naming
-    the class when the pool cannot give it ``shots`` images.
+    Rows without any label are never taken (they carry no supervision). When a class ends with fewer
+    than ``shots`` images, a :class:`ShortShotsWarning` names each such class (``got/wanted``) and the
+    set is returned as it is, like the release does; ``strict=True`` raises ``ValueError`` instead.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape[0] == 0:
@@ -134,39 +176,48 @@ def few_shot_indices(
         raise ValueError(f"rule must be None, {RULE_RANDOM!r} or {RULE_GREEDY!r}, got {rule!r}")
     if rule == RULE_RANDOM and per_row.max() > 1:
         raise ValueError(f"rule {RULE_RANDOM!r} needs single-label data; use {RULE_GREEDY!r} for multi-label")
-    num_classes = labels.shape[1]
+    idx = _draw_random(labels, shots, seed) if rule == RULE_RANDOM else _draw_greedy(labels, shots)
+    short = _shortfall(labels[idx], shots, classnames)
+    if short:
+        c = int(np.flatnonzero(labels[idx].sum(0) < shots)[0])
+        got, pool = int(labels[idx, c].sum()), int(labels[:, c].sum())
+        if strict:
+            raise ValueError(
+                f"few-shot ({rule}, {shots} shots): {class_label(c, classnames)} got only {got} of "
+                f"{shots} images (the pool has {pool} images with this label)"
+                + (f"; {len(short) - 1} more classes are short" if len(short) > 1 else "")
+            )
+        warnings.warn(
+            f"few-shot ({rule}, {shots} shots): {len(short)} classes got fewer than {shots} images "
+            f"({_shortfall_text(short, shots)}); going on with the {len(idx)} images taken, as the "
+            "released splits do (strict=True, CLI --strict-shots, refuses instead)",
+            ShortShotsWarning,
+            stacklevel=2,
+        )
+    return idx
 
-    if rule == RULE_RANDOM:
-        rng = np.random.default_rng(seed)
-        chosen = []
-        for c in range(num_classes):
-            pool = np.flatnonzero(labels[:, c])
-            if len(pool) < shots:
-                raise ValueError(
-                    f"few-shot ({rule}, {shots} shots): {class_label(c, classnames)} has only "
-                    f"{len(pool)} images in the train pool"
-                )
-            chosen.append(rng.choice(pool, size=shots, replace=False))
-        return np.sort(np.concatenate(chosen)).astype(np.int64)
 
-    # Greedy file-order rule (notes: Protocol, k-shot multi-label)
-    counts = np.zeros(num_classes, dtype=np.int64)
+def _draw_random(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """Random-per-class rule: ``shots`` seeded draws per class (all of a smaller class)."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in range(labels.shape[1]):
+        pool = np.flatnonzero(labels[:, c])
+        chosen.append(pool if len(pool) < shots else rng.choice(pool, size=shots, replace=False))
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def _draw_greedy(labels: np.ndarray, shots: int) -> np.ndarray:
+    """Greedy file-order rule (notes: Protocol, k-shot multi-label)."""
+    counts = np.zeros(labels.shape[1], dtype=np.int64)
     taken = []
-    for i in np.flatnonzero(per_row > 0):
+    for i in np.flatnonzero(labels.any(1)):
         row = labels[i]
         if (counts[row] < shots).all():
             counts[row] += 1
             taken.append(i)
             if (counts == shots).all():
                 break
-    short = np.flatnonzero(counts < shots)
-    if len(short):
-        c = int(short[0])
-        raise ValueError(
-            f"few-shot ({rule}, {shots} shots): {class_label(c, classnames)} got only {counts[c]} of "
-            f"{shots} images (the pool has {int(labels[:, c].sum())} images with this label)"
-            + (f"; {len(short) - 1} more classes are short" if len(short) > 1 else "")
-        )
     return np.asarray(taken, dtype=np.int64)
 
 
@@ -182,40 +233,66 @@ def few_shot_split(
     out_dir: str | Path | None = None,
     *,
     rule: str | None = None,
-) -> ImageList:
+    strict: bool = False,
+) -> FewShotSet:
     """The k-shot training set of ``data`` (a subset of its train pool), saved as a plain-text list.
 
     With ``out_dir`` the list goes to :func:`split_path`; if that file already exists it must be what
     the same (dataset, shots, seed, rule) derives from the current train pool, otherwise ``ValueError``
-    (the data changed since the file was written). Without ``out_dir`` nothing is written.
+    saying which ids differ and whether the data or the drawing changed. Without ``out_dir`` nothing is
+    written. Classes that end short (see :func:`few_shot_indices`; ``strict=True`` refuses) are in the
+    result's ``shortfall`` and the file's ``shortfall`` header line.
     """
     shots = check_count("shots", shots)
     rule = _default_rule(data.train.labels) if rule is None else rule
-    idx = few_shot_indices(data.train.labels, shots, seed, rule=rule, classnames=data.classnames)
+    idx = few_shot_indices(
+        data.train.labels, shots, seed, rule=rule, classnames=data.classnames, strict=strict
+    )
     ids = [data.train.ids[i] for i in idx]
+    shortfall = _shortfall(data.train.labels[idx].astype(bool), shots, data.classnames)
     if out_dir is not None:
         path = split_path(out_dir, data.name, shots, seed)
         want = {"dataset": data.name, "shots": str(shots), "seed": str(seed), "rule": rule}
+        fingerprint = data_fingerprint(data)
         if path.exists():
-            saved, header = load_split(path)
-            differs = {k: header.get(k) for k, v in want.items() if header.get(k) != v}
-            if differs:
-                raise ValueError(
-                    f"split file {path} was made with {differs}, not {want}; delete it or use another out_dir"
-                )
-            if saved != ids:
-                gone = sorted(set(saved) - set(ids))
-                new = sorted(set(ids) - set(saved))
-                raise ValueError(
-                    f"split file {path} does not match the list re-derived from {data.name!r} "
-                    f"(shots={shots}, seed={seed}, rule={rule}): the train pool changed since it was "
-                    f"written ({len(gone)} ids only in the file: {examples(gone, 3)}; {len(new)} only "
-                    f"in the re-derived list: {examples(new, 3)}). Restore the data, or delete the file "
-                    "to accept the new split"
-                )
+            _check_saved_split(path, want, ids, fingerprint)
         else:
-            save_split(path, ids, dataset=data.name, shots=shots, seed=seed, rule=rule)
-    return data.train.subset(idx)
+            extra = {"shortfall": _shortfall_text(shortfall, shots), "data_fingerprint": fingerprint}
+            save_split(path, ids, dataset=data.name, shots=shots, seed=seed, rule=rule, extra=extra)
+    return FewShotSet(data.train.subset(idx), shots, shortfall)
+
+
+def _check_saved_split(path: Path, want: Mapping[str, str], ids: Sequence[str], fingerprint: str) -> None:
+    """Refuse a saved split that is not the list re-derived now, saying what differs.
+
+    Files written before the ``data_fingerprint`` / ``shortfall`` header lines existed still verify.
+    """
+    saved, header = load_split(path)
+    differs = {k: header.get(k) for k, v in want.items() if header.get(k) != v}
+    if differs:
+        raise ValueError(
+            f"split file {path} was made with {differs}, not {dict(want)}; delete it or use another out_dir"
+        )
+    if saved == list(ids):
+        return
+    gone = sorted(set(saved) - set(ids))
+    new = sorted(set(ids) - set(saved))
+    was = header.get("data_fingerprint")
+    if was is None:
+        why = "the train pool or the way the list is drawn changed since it was written"
+    elif was != fingerprint:
+        why = f"the data changed since it was written (data fingerprint {was[:12]} then, {fingerprint[:12]} now)"
+    else:
+        why = (
+            f"the data is the same (fingerprint {fingerprint[:12]}), so the drawing changed (another numpy "
+            "or kalahash version?)"
+        )
+    raise ValueError(
+        f"split file {path} does not match the list re-derived from {want['dataset']!r} (shots="
+        f"{want['shots']}, seed={want['seed']}, rule={want['rule']}): {why}; {len(gone)} ids only in the "
+        f"file: {examples(gone, 3)}; {len(new)} only in the re-derived list: {examples(new, 3)}. Restore "
+        "the data or the versions that wrote the file, or delete the file to accept the new list"
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -67,10 +67,23 @@ class ImageList(Dataset):
         return isinstance(self.images, np.ndarray)
 
     def load_image(self, index: int) -> Image.Image:
+        """Image ``index`` as RGB; a file that is gone or does not decode raises an error naming it."""
         if isinstance(self.images, np.ndarray):
             return Image.fromarray(self.images[index])
-        with Image.open(self.images[index]) as img:
-            return img.convert("RGB")
+        path = self.images[index]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"image {path} (id {self.ids[index]!r}) is missing; restore it, or run `kalahash check-data` "
+                "on its data set to find every missing file"
+            ) from e
+        except Exception as e:  # PIL raises many types for a broken file; all mean the same here
+            raise ValueError(
+                f"image {path} (id {self.ids[index]!r}) cannot be read ({type(e).__name__}: {e}); replace "
+                "or repair the file, then run `kalahash check-data` on its data set to check the rest"
+            ) from e
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         image = self.load_image(index)
