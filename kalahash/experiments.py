@@ -401,9 +401,7 @@ def summarize(
     ``knowledge`` groups where rows have it (older rows used the true K). With ``flags`` in the rows, a
     ``flags`` column counts each flag's runs and a group with a flagged run gets ⚑ after 'mean ± std'.
     """
-    rows = rows.copy()
-    if "knowledge" in rows:
-        rows["knowledge"] = rows["knowledge"].fillna("true")
+    rows = rows.assign(knowledge=rows["knowledge"].fillna("true")) if "knowledge" in rows else rows
     by = [b for b in by if b != "knowledge" or b in rows]
     grouped = rows.groupby(by, sort=False)
     table = grouped[value].agg(mean="mean", std="std", seeds="count").reset_index()
