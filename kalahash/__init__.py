@@ -1,7 +1,7 @@
 """kalahash: knowledge-anchored low-resource adaptation of CLIP for deep hashing.
 
 Layers, each importing only from those before it (tests/test_layout.py checks this):
-``fileio``/``metrics``/``presets`` → ``data`` → ``world`` (built-in worlds, registered with data),
+``fileio``/``metrics``/``presets`` → ``data``, ``history`` (run histories and flags) → ``world`` (built-in worlds, registered with data),
 ``backbones`` → ``lora`` (adapters) → ``hashing`` (heads, losses, KIDDO, the hasher) → ``cache``,
 ``checkpoints``, ``plots`` → ``train`` → ``experiments``, ``pretrain`` → ``cli`` (and the notebooks).
 """

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from .experiments import DEFAULT_CACHE, DEFAULT_RESULTS, METHODS, ExperimentConfig
+from .hashing.knowledge import KNOWLEDGE_MODES
 
 _DEFAULTS = ExperimentConfig()
 
@@ -77,8 +78,16 @@ def _add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
             default=_DEFAULTS.method,
             choices=METHODS,
             help="lb: lock backbone, fft: full fine-tuning, lora: plain LoRA, clora: CLoRA, "
-            "kalahash: CLoRA + KIDDO (default: %(default)s)",
+            "kalahash: CLoRA + KIDDO, zeroshot: no training, the code of each image's zero-shot class "
+            "(default: %(default)s)",
         )
+    p.add_argument(
+        "--knowledge",
+        default=_DEFAULTS.knowledge,
+        choices=KNOWLEDGE_MODES,
+        help="control of the class-text knowledge K for methods that read it: true, permuted (rows dealt "
+        "to other classes), random (Gaussian rows of K's norms); seeded by the run's seed (default: %(default)s)",
+    )
     p.add_argument(
         "--loss",
         default=_DEFAULTS.loss,
@@ -196,9 +205,18 @@ def _base_config(args: argparse.Namespace, **extra: Any) -> ExperimentConfig:
         hyperparameters=_hyperparameters(args.hp),
         topk=args.topk,
         ties=args.ties,
+        knowledge=args.knowledge,
         **_list_options(args),
         **extra,
     )
+
+
+def _warn_flags(rows: Any) -> None:
+    """A ``WARNING`` line on stderr for each run whose diagnostics raised flags (kalahash.history)."""
+    from .history import flag_warnings
+
+    for line in flag_warnings(rows):
+        print(line, file=sys.stderr)
 
 
 def _print_table(table: Any) -> None:
@@ -232,6 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         rows.append(row)
     if len(rows) > 1:
         _print_table(summarize(pd.DataFrame(rows)))
+    _warn_flags(rows)
     print(f"results table: {args.results}")
     return 0
 
@@ -243,6 +262,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid = {"shots": args.shots, "bits": args.bits, "method": args.methods, "seed": args.seeds}
     rows = run_sweep(base, grid, **_run_kwargs(args))
     _print_table(summarize(rows))
+    _warn_flags(rows)
     print(f"results table: {args.results}")
     return 0
 

@@ -19,6 +19,7 @@ from . import results_table
 from .checkpoints import check_same_data, data_identity, export_model
 from .checkpoints import load_exported as load_exported
 from .fileio import atomic_write_text
+from .history import FLAG_MARK, group_flags, history_path, history_summary, save_history, stored_flags
 from .machine import provenance, resolve_device
 from .presets import LORA_BASELINE, setting_hparams
 from .results_table import DEFAULT_RESULTS, recorded_fields
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from .data import DataCheck
 
 DEFAULT_CACHE = Path("cache/prefix")
-METHODS = ("lb", "fft", "lora", "clora", "kalahash")
+METHODS = ("lb", "fft", "lora", "clora", "kalahash", "zeroshot")
 # Which preset hyperparameters each method uses; the rest of a preset does not apply to it.
 _METHOD_KEYS = {
     "lb": (),
@@ -39,15 +40,19 @@ _METHOD_KEYS = {
     "lora": ("rank", "strength"),
     "clora": ("rank", "strength"),
     "kalahash": ("rank", "strength", "kiddo_alpha", "kiddo_beta", "kiddo_gamma"),
+    "zeroshot": (),
 }
-# The list files of dataset "listfile"; unset (None), they are left out of config_id, so that adding
-# them kept the id of every stored config.
+# The list files of dataset "listfile"; unset (None), they are left out of config_id.
 LIST_OPTIONS = ("train_list", "query_list", "database_list", "classnames")
+# Fields added after results tables existed: at their default they are left out of config_id, so the
+# ids of stored rows stay valid.
+_LATER_FIELDS: dict[str, Any] = {"knowledge": "true", **dict.fromkeys(LIST_OPTIONS)}
 
 
 def config_hash(row: Mapping[str, Any]) -> str:
-    """The config_id of a config's row: everything that determines its result, less unset LIST_OPTIONS."""
-    kept = {k: v for k, v in row.items() if not (k in LIST_OPTIONS and v is None)}
+    """The config_id of a config's row: everything that determines its result, less later fields at
+    their default."""
+    kept = {k: v for k, v in row.items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -59,7 +64,9 @@ class ExperimentConfig:
     fixed (``split_seed``) so every method and seed is scored on the same images. ``hyperparameters``
     override the preset of the setting (``kalahash.presets``). Dataset ``listfile`` (your own lists)
     needs ``train_list``, ``query_list``, ``database_list`` and ``classnames`` (a file, one name a
-    line), relative to ``data_root`` or absolute.
+    line), relative to ``data_root`` or absolute. ``knowledge`` is the control of K for the methods that
+    read it (``"true"``, ``"permuted"``, ``"random"``; :func:`kalahash.hashing.control_knowledge`),
+    seeded with ``seed``. Method ``zeroshot`` trains nothing (``epochs`` is ignored).
     """
 
     dataset: str = "shapes"
@@ -82,6 +89,7 @@ class ExperimentConfig:
     query_list: str | None = None
     database_list: str | None = None
     classnames: str | None = None
+    knowledge: str = "true"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -92,6 +100,7 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         from .data import resolve_dataset_name
         from .hashing import LOSSES
+        from .hashing.factory import check_knowledge_control
 
         # canonical name (aliases such as nus-wide accepted); unknown names fail here, before anything runs
         object.__setattr__(self, "dataset", resolve_dataset_name(self.dataset))
@@ -108,6 +117,7 @@ class ExperimentConfig:
             raise ValueError(
                 f"{', '.join(given)}: options of dataset 'listfile' only, not of {self.dataset!r}"
             )
+        check_knowledge_control(self.method, self.hyperparameters, self.knowledge)
 
     def data_options(self) -> dict[str, str]:
         """The loader options of the data set (the list files of ``listfile``)."""
@@ -145,9 +155,13 @@ class ExperimentConfig:
             base["loss"] = self.loss
         elif self.loss != "dpsh":
             base["loss"] = self.loss  # KIDDO with another similarity loss: plug-and-play
+        if self.knowledge != "true":
+            base.update(knowledge=self.knowledge, knowledge_seed=self.seed)
         base.update(self.hyperparameters)
         if self.hyperparameters:
             source += "; overridden: " + ", ".join(sorted(self.hyperparameters))
+        if "anchor_momentum" in self.hyperparameters:
+            source += "; ours, not the paper's: anchor_momentum"
         return base, source
 
     def to_row(self) -> dict[str, Any]:
@@ -182,8 +196,9 @@ def _config_problem(cells: Mapping[str, str]) -> str | None:
 
 def read_results(path: str | os.PathLike = DEFAULT_RESULTS) -> pd.DataFrame:
     """The intact rows of a results table (:mod:`kalahash.results_table`); a damaged row (cut, not a
-    number, or not the run its config_id names) is skipped with a DamagedRowWarning naming file:line."""
-    return results_table.read_results(path, _config_problem)
+    number, or not the run its config_id names) is skipped with a DamagedRowWarning naming file:line.
+    ``flags`` as :func:`kalahash.history.stored_flags` reads them."""
+    return stored_flags(results_table.read_results(path, _config_problem))
 
 
 def append_result(row: Mapping[str, Any], path: str | os.PathLike = DEFAULT_RESULTS) -> None:
@@ -265,8 +280,9 @@ def run_experiment(
     A configuration already in ``results`` is not run again (its stored row comes back with
     ``skipped=True``) unless ``force``. Data whose integrity check failed is refused unless
     ``allow_failed_check``. ``cache`` is a :class:`PrefixCache` or its folder (``None``: no cache).
-    ``workdir`` keeps the few-shot split lists (``splits/``) and remembered data checks (``data_checks/``);
-    by default the results table's folder. A class the train pool cannot give ``shots`` images is recorded
+    ``workdir`` keeps the split lists (``splits/``), data checks (``data_checks/``) and each run's history
+    (``histories/``; :mod:`kalahash.history`), summarised in its row with ``flags`` ("" when none); by
+    default the results table's folder. A class the train pool cannot give ``shots`` images is recorded
     in ``shot_shortfall``; ``strict_shots`` refuses to run instead. ``resume`` continues ``checkpoint``
     (refused for another configuration or data); a finished run's checkpoint is re-scored
     (``resumed_from_epoch`` of the returned row equals ``epochs``).
@@ -318,6 +334,8 @@ def run_experiment(
     began = time.perf_counter()
     scores = evaluate(hasher, data, topk=cfg.topk, cache=cache, ties=cfg.ties, progress=progress)
     counts = hasher.parameter_counts()
+    diagnosis = history_summary(trained.history, cfg.bits, len(data.classnames), scores["database_codes"])
+    history_file = save_history(trained.history, history_path(workdir, cfg.config_id))
     row = {
         "config_id": cfg.config_id,
         **cfg.to_row(),
@@ -335,6 +353,8 @@ def run_experiment(
         "train_seconds": round(trained.seconds, 3),
         "eval_seconds": round(time.perf_counter() - began, 3),
         "trainable_params": counts["total_trainable"],
+        **diagnosis,
+        "history_file": str(history_file),
         "backbone_fingerprint": backbone.fingerprint,
         "data_fingerprint": check["fingerprint"],
         "data_check_ok": check["ok"],
@@ -376,16 +396,27 @@ def run_sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], **kwarg
 
 
 def summarize(
-    rows: pd.DataFrame, by: Iterable[str] = ("dataset", "shots", "bits", "method"), value: str = "map"
+    rows: pd.DataFrame,
+    by: Iterable[str] = ("dataset", "shots", "bits", "method", "knowledge"),
+    value: str = "map",
 ) -> pd.DataFrame:
-    """Mean and standard deviation over seeds of ``value`` for each group, with a 'mean ± std' column."""
-    by = list(by)
-    grouped = rows.groupby(by, sort=False)[value]
-    table = grouped.agg(mean="mean", std="std", seeds="count").reset_index()
+    """Mean and standard deviation over seeds of ``value`` for each group, with a 'mean ± std' column.
+
+    ``knowledge`` groups where rows have it (older rows used the true K). With ``flags`` in the rows, a
+    ``flags`` column counts each flag's runs and a group with a flagged run gets ⚑ after 'mean ± std'.
+    """
+    rows = rows.assign(knowledge=rows["knowledge"].fillna("true")) if "knowledge" in rows else rows
+    by = [b for b in by if b != "knowledge" or b in rows]
+    grouped = rows.groupby(by, sort=False)
+    table = grouped[value].agg(mean="mean", std="std", seeds="count").reset_index()
     table["std"] = table["std"].fillna(0.0)
     table[f"{value} (mean ± std)"] = [
         f"{m:.4f} ± {s:.4f}" for m, s in zip(table["mean"], table["std"], strict=True)
     ]
+    if "flags" in rows:
+        table["flags"] = grouped["flags"].agg(group_flags).to_numpy()
+        marked = table["flags"] != ""
+        table.loc[marked, f"{value} (mean ± std)"] += f" {FLAG_MARK}"
     return table
 
 

@@ -154,6 +154,9 @@ class CLoRALinear(_AdaptedLinear):
 
     Cannot be merged into ``W0``: ΔW_i = s · Aᵀ B_i depends on each image's own tokens through the
     Top_r selection, so there is no single weight that reproduces it for every input.
+
+    ``last_top1`` holds the top-1 selected class of each image of the latest forward (batch,), for the
+    routing diagnostics; it is a by-product of the selection and changes nothing in the output.
     """
 
     def __init__(self, base: nn.Linear, pool: KnowledgePool, rank: int, alpha: float) -> None:
@@ -183,6 +186,7 @@ class CLoRALinear(_AdaptedLinear):
         # Shared with the other CLoRA projections and owned by the model (apply_adapter attaches it to
         # the image tower), so it is kept out of this module's children: no duplicate state-dict keys.
         object.__setattr__(self, "_pool", pool)
+        self.last_top1: torch.Tensor | None = None
 
     @property
     def pool(self) -> KnowledgePool:
@@ -206,6 +210,7 @@ class CLoRALinear(_AdaptedLinear):
             )
         pool_rows = self._pool()  # F(K), (C, width); gradient flows to F
         top = self.select(x, pool_rows)
+        self.last_top1 = top[:, 0]
         up = pool_rows[top].to(x.dtype)  # B_i: the selected rows of F(K), (batch, r, out)
         down = F.linear(x, self.lora_A.to(x.dtype))  # x Aᵀ, (batch, tokens, r)
         # CLoRA: W0 x + s · (x Aᵀ) B_i, one fused batched matmul-add for the whole batch

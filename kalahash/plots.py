@@ -115,3 +115,66 @@ def shot_scaling(summary: pd.DataFrame, title: str, value: str = "mean", error: 
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+_HISTORY_PANELS = (
+    ("loss terms", ("loss", "sim", "ali", "qua"), "linear"),
+    ("‖W‖ (anchors)", ("w_norm",), "log"),
+    ("distinct sign(W) anchors", ("anchors_distinct",), "linear"),
+    ("bits flipped by the B-step", ("b_flips",), "linear"),
+    ("routing purity, bit balance", ("routing_purity", "bit_balance", "b_balance"), "linear"),
+)
+
+
+def plot_history(
+    history: pd.DataFrame | list[Mapping[str, float]],
+    title: str | None = None,
+    num_classes: int | None = None,
+    w_limit: float | None = None,
+) -> plt.Figure:
+    """A run's history per epoch in small panels: loss terms, ‖W‖ (log), distinct anchors, B-step flips,
+    routing purity and bit balance (:mod:`kalahash.hashing.diagnostics`). ``num_classes`` draws the
+    collapse line in the anchors panel, ``w_limit`` the divergence bound in the ‖W‖ panel
+    (:func:`kalahash.history.w_bound`). A quantity the run did not record says so in its panel."""
+    table = pd.DataFrame(history)
+    fig, axes = plt.subplots(1, len(_HISTORY_PANELS), figsize=(3.0 * len(_HISTORY_PANELS), 2.6))
+    for ax, (name, columns, scale) in zip(axes, _HISTORY_PANELS, strict=True):
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        shown = [c for c in columns if c in table and table[c].notna().any()]
+        for column in shown:
+            ax.plot(table["epoch"], table[column], label=column, lw=1.2)
+        if not shown:
+            ax.text(0.5, 0.5, "not recorded\nfor this run", ha="center", va="center", transform=ax.transAxes)
+            continue
+        if scale == "log" and (table[shown[0]] > 0).all():
+            ax.set_yscale("log")
+        if "anchors_distinct" in shown and num_classes is not None:
+            ax.axhline(num_classes, color="grey", ls="--", lw=0.8, label="classes")
+        if "w_norm" in shown and w_limit is not None:
+            ax.axhline(w_limit, color="red", ls="--", lw=0.8, label="divergence bound")
+        if len(ax.get_legend_handles_labels()[0]) > 1:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_run_history(row: Mapping[str, Any], workdir: str | os.PathLike, num_classes: int) -> plt.Figure:
+    """:func:`plot_history` of one results row's run (its file under ``workdir``), titled with the run and
+    its flags, with the class line and the divergence bound drawn. A run stored before histories were
+    kept gets empty panels that say so."""
+    from .history import read_history, w_bound
+
+    history = read_history(workdir, row["config_id"], missing_ok=True)
+    flags = row.get("flags")
+    flags = flags if isinstance(flags, str) and flags else "none"
+    what = ", ".join(f"{k} {row[k]}" for k in ("method", "knowledge", "shots", "seed") if k in row)
+    return plot_history(
+        history,
+        title=f"{what}; flags: {flags}",
+        num_classes=num_classes,
+        w_limit=w_bound(int(row["bits"]), num_classes),
+    )

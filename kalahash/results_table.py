@@ -21,7 +21,7 @@ import types
 import typing
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -232,14 +232,16 @@ def _parse(text: str, hint: Any) -> Any:
 
 def recorded_fields(cells: Mapping[str, str], config_class: type) -> dict[str, Any] | None:
     """The fields of dataclass ``config_class`` that a row records, typed (mappings as sorted JSON, as
-    rows hold them); None when a field without a default of None is missing (the row cannot be told).
-    A cell that does not parse raises ValueError naming the field."""
+    rows hold them). A field the row lacks, or leaves empty, predates the row's field set: it takes its
+    default; None when such a field has no default (the row cannot be told). A cell that does not parse
+    raises ValueError naming the field."""
     hints = typing.get_type_hints(config_class)
     out = {}
     for f in fields(config_class):
+        if cells.get(f.name, "") == "" and f.default is not MISSING:
+            out[f.name] = f.default
+            continue
         if f.name not in cells:
-            if f.default is None:
-                continue
             return None
         try:
             out[f.name] = _parse(cells[f.name], hints[f.name])

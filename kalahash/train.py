@@ -3,7 +3,9 @@
 :func:`fit` is a short loop over named steps: :func:`check_training_input`, :func:`make_optimizer`,
 :func:`restore_training_state` (resume), :func:`batch_source` (through the frozen-prefix cache when the
 hasher allows it), then per epoch :func:`train_epoch` (with :func:`check_finite_loss` on every step),
-:func:`finish_epoch` (KIDDO's B-step and the history row) and :func:`save_training_state`.
+:func:`finish_epoch` (KIDDO's B-step and the history row, with the epoch's diagnostics from
+:mod:`kalahash.hashing.diagnostics`) and :func:`save_training_state`. A hasher with nothing to train
+(method ``zeroshot``) is not trained at all.
 The token cache (:mod:`kalahash.cache`) and checkpoint files (:mod:`kalahash.checkpoints`) live in
 their own modules; their names are re-exported here.
 """
@@ -39,6 +41,7 @@ from .checkpoints import (
 )
 from .data import ImageList, RetrievalData
 from .hashing import sign
+from .hashing.diagnostics import EpochTally, epoch_diagnostics
 from .metrics import mean_average_precision, precision_at_k
 
 __all__ = [
@@ -127,9 +130,10 @@ def check_training_input(hasher: nn.Module, train_set: ImageList, config: TrainC
 
 
 def make_optimizer(hasher: nn.Module, config: TrainConfig) -> tuple[torch.optim.SGD, torch.amp.GradScaler]:
-    """SGD over the trainable parameters, and a gradient scaler that is on only under fp16 autocast."""
+    """SGD over the trainable parameters (in the hasher's groups), and a gradient scaler that is on only
+    under fp16 autocast."""
     optimizer = torch.optim.SGD(
-        hasher.trainable_parameters(),
+        hasher.optimizer_groups(),
         lr=config.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
@@ -246,9 +250,10 @@ def train_epoch(
     scaler: torch.amp.GradScaler,
     config: TrainConfig,
     epoch: int,
+    tally: EpochTally | None = None,
 ) -> dict[str, float]:
     """One SGD pass over epoch ``epoch``'s (0-based) shuffled batches; the loss and its parts averaged
-    over its steps."""
+    over its steps. ``tally`` sees each batch's u and labels (bit balance, CLoRA routing)."""
     device = hasher.backbone.device
     sums: dict[str, float] = {}
     steps = 0
@@ -259,6 +264,8 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         with device_autocast(device):
             u = source.forward(batch)
+        if tally is not None:
+            tally.add(u, source.labels[idx_dev])
         loss, parts = hasher.loss_on_batch(u.float(), source.labels[idx_dev], idx_dev)
         check_finite_loss(loss, epoch + 1, step + 1, hasher.method)
         scaler.scale(loss).backward()
@@ -271,12 +278,19 @@ def train_epoch(
 
 
 def finish_epoch(
-    hasher: nn.Module, result: TrainResult, epoch: int, means: dict[str, float]
+    hasher: nn.Module,
+    result: TrainResult,
+    epoch: int,
+    means: dict[str, float],
+    tally: EpochTally | None = None,
 ) -> dict[str, float]:
     """After epoch ``epoch``'s (0-based) last batch: the hasher's end-of-epoch work (KIDDO's B-step, the
-    epoch counter), then its history row, appended to ``result`` and returned."""
+    epoch counter), then its history row, appended to ``result`` and returned. With the epoch's
+    ``tally`` the row also carries the diagnostics (:mod:`kalahash.hashing.diagnostics`)."""
     hasher.end_epoch()
     row = {"epoch": epoch + 1, **means}
+    if tally is not None:
+        row.update(tally.summary(), **epoch_diagnostics(hasher))
     result.history.append(row)
     return row
 
@@ -311,11 +325,14 @@ def fit(
     continues from it (refused for other data, settings or ``checkpoint_extra`` records) and reaches the
     same result as an uninterrupted run; a finished run's checkpoint trains no further
     (``resumed_from_epoch == epochs``). A non-finite loss stops training with the epoch and step that
-    produced it.
+    produced it. Each history row holds the epoch's loss terms and diagnostics. A hasher without
+    trainable parameters (``zeroshot``) returns at once: no epochs, no history.
     """
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=, the file to resume from")
     config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
+    if not hasher.trainable_parameters():
+        return TrainResult()
     check_training_input(hasher, train_set, config)
     torch.set_flush_denormal(True)
     torch.manual_seed(config.seed)  # the order of every draw below is part of the result: keep it
@@ -339,8 +356,9 @@ def fit(
     )
     with _train_mode(hasher):
         for epoch in epochs:
-            means = train_epoch(hasher, source, optimizer, scaler, config, epoch)
-            row = finish_epoch(hasher, result, epoch, means)
+            tally = EpochTally(hasher)
+            means = train_epoch(hasher, source, optimizer, scaler, config, epoch, tally)
+            row = finish_epoch(hasher, result, epoch, means, tally)
             epochs.set_postfix(loss=f"{row.get('loss', math.nan):.4f}")
             result.seconds = time.perf_counter() - began
             if ckpt_path is not None:

@@ -24,6 +24,8 @@ LAYERS = {
     "machine": 0,
     "results_table": 1,
     "data": 1,
+    # a run's history and flags: tables only (plots draws them, experiments writes them)
+    "history": 1,
     # the built-in worlds sit above data (they register with it); data never imports them
     "world": 2,
     "objects10": 2,

@@ -166,13 +166,14 @@ def test_tables_written_by_pandas_stay_valid(tmp_path, recwarn):
 
 
 def test_new_config_fields_keep_the_ids_of_existing_configs():
-    """Fields added later (the listfile paths) are left out of the id while unset: stored tables stay valid."""
+    """Fields added later (knowledge, the listfile paths) are left out of the id at their default: stored
+    tables stay valid."""
     import hashlib
 
     cfg = ExperimentConfig(
         dataset="nuswide", data_root="/d", shots=2, method="lb", hyperparameters={"rank": 2}
     )
-    new = ("train_list", "query_list", "database_list", "classnames")
+    new = ("knowledge", "train_list", "query_list", "database_list", "classnames")
     before = {k: v for k, v in cfg.to_row().items() if k not in new}
     assert (
         cfg.config_id
@@ -182,3 +183,22 @@ def test_new_config_fields_keep_the_ids_of_existing_configs():
                            database_list="db.txt", classnames="names.txt")  # fmt: skip
     assert own.config_id != ExperimentConfig(dataset="listfile", data_root="/d", train_list="t2.txt",
                                              query_list="q.txt", database_list="db.txt", classnames="names.txt").config_id  # fmt: skip
+
+
+def test_a_row_from_before_later_fields_stays_intact_after_they_arrive(tmp_path, recwarn):
+    """A row written before knowledge and the list options existed gets empty cells for them when a newer
+    row is appended; it must still read as the run its config_id names, not as damaged."""
+    import hashlib
+
+    path = tmp_path / "results.csv"
+    later = ("knowledge", "train_list", "query_list", "database_list", "classnames")
+    old_cfg = ExperimentConfig(method="lb", seed=3)
+    old_row = {k: v for k, v in old_cfg.to_row().items() if k not in later}
+    old_id = hashlib.sha256(json.dumps(old_row, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    append_result({"config_id": old_id, **old_row, "map": 0.25, "map_at": 10}, path)
+    new_cfg = ExperimentConfig(method="kalahash", seed=3, knowledge="permuted")
+    append_result({"config_id": new_cfg.config_id, **new_cfg.to_row(), "map": 0.5, "map_at": 10}, path)
+    table = read_results(path)
+    assert list(table["config_id"]) == [old_id, new_cfg.config_id]
+    assert find_result(old_cfg, path)["map"] == 0.25
+    assert not [w for w in recwarn if issubclass(w.category, DamagedRowWarning)]

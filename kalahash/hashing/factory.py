@@ -23,6 +23,7 @@ from kalahash.lora import (
 )
 
 from .kiddo import KIDDO
+from .knowledge import check_knowledge_mode, control_knowledge
 from .losses import LOSSES
 from .model import Hasher, serves_a_hasher
 
@@ -31,13 +32,14 @@ if TYPE_CHECKING:
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
-# method -> (adapter, full fine-tuning, KIDDO by default); the loss defaults to DPSH for all.
+# method -> (adapter, full fine-tuning, KIDDO by default, zero-shot head); the loss defaults to DPSH.
 METHODS: dict[str, dict[str, Any]] = {
-    "fft": {"adapter": None, "finetune": True, "kiddo": False},
-    "lb": {"adapter": None, "finetune": False, "kiddo": False},
-    "lora": {"adapter": "lora", "finetune": False, "kiddo": False},
-    "clora": {"adapter": "clora", "finetune": False, "kiddo": False},
-    "kalahash": {"adapter": "clora", "finetune": False, "kiddo": True},
+    "fft": {"adapter": None, "finetune": True, "kiddo": False, "zeroshot": False},
+    "lb": {"adapter": None, "finetune": False, "kiddo": False, "zeroshot": False},
+    "lora": {"adapter": "lora", "finetune": False, "kiddo": False, "zeroshot": False},
+    "clora": {"adapter": "clora", "finetune": False, "kiddo": False, "zeroshot": False},
+    "kalahash": {"adapter": "clora", "finetune": False, "kiddo": True, "zeroshot": False},
+    "zeroshot": {"adapter": None, "finetune": False, "kiddo": False, "zeroshot": True},
 }
 
 # hparam -> default (None = decided by the method or the loss); see build_hasher's docstring.
@@ -57,6 +59,9 @@ HPARAMS: dict[str, Any] = {
     "kiddo_sweeps": 10,
     "batch_norm": None,
     "template": DEFAULT_TEMPLATE,
+    "knowledge": "true",
+    "knowledge_seed": 0,
+    "anchor_momentum": None,
 }
 
 
@@ -131,7 +136,41 @@ def _resolve_hparams(method: str, hparams: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"template must be a string containing '{{}}' for the class name, got {hp['template']!r}"
         )
+    _check_knowledge_options(method, hp)
+    if hp["anchor_momentum"] is not None:
+        hp["anchor_momentum"] = _check_number("anchor_momentum", hp["anchor_momentum"], 0)
+        if not hp["kiddo"]:
+            raise ValueError("anchor_momentum sets the momentum of KIDDO's G: it needs kiddo=True")
     return hp
+
+
+def uses_knowledge(method: str, hparams: dict[str, Any]) -> bool:
+    """Whether a method with these (resolved or given) hparams reads K: CLoRA's pool, KIDDO's anchors or
+    the zero-shot codes."""
+    spec = METHODS[method]
+    kiddo = hparams.get("kiddo")
+    return spec["adapter"] == "clora" or spec["zeroshot"] or bool(spec["kiddo"] if kiddo is None else kiddo)
+
+
+def check_knowledge_control(method: str, hparams: dict[str, Any], knowledge: Any) -> str:
+    """``knowledge`` if it is a control mode this method (with these hparams) can take: a control other
+    than ``"true"`` needs a method that reads K (:func:`uses_knowledge`)."""
+    knowledge = check_knowledge_mode(knowledge)
+    if knowledge != "true" and not uses_knowledge(method, hparams):
+        raise ValueError(
+            f"knowledge={knowledge!r} is a control for methods that read K (clora, kalahash, zeroshot, or "
+            f"any method with kiddo=True); method {method!r} does not: use knowledge='true'"
+        )
+    return knowledge
+
+
+def _check_knowledge_options(method: str, hp: dict[str, Any]) -> None:
+    hp["knowledge"] = check_knowledge_control(method, hp, hp["knowledge"])
+    seed = hp["knowledge_seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"knowledge_seed must be a non-negative int, got {seed!r}")
+    if METHODS[method]["zeroshot"] and hp["kiddo"]:
+        raise ValueError("method 'zeroshot' trains nothing, so it cannot use KIDDO: drop kiddo=True")
 
 
 def build_criterion(hparams: dict[str, Any]) -> nn.Module:
@@ -165,7 +204,9 @@ def build_hasher(
     method : ``"fft"`` (the whole image tower and the head are trained), ``"lb"`` (locked backbone:
         head only), ``"lora"`` (plain LoRA), ``"clora"`` (CLoRA + the loss), ``"kalahash"`` (CLoRA +
         KIDDO with DPSH as L_sim). Every method takes any registered loss (``loss=...``) and KIDDO can
-        be switched on or off for any of them (``kiddo=True/False``): plug-and-play.
+        be switched on or off for any of them (``kiddo=True/False``): plug-and-play. ``"zeroshot"`` is a
+        control with nothing to train: each image gets the fixed code of its zero-shot class
+        (:class:`ZeroShotHead`), which bounds what the text knowledge gives alone.
     backbone : a fresh :class:`kalahash.backbones.Backbone`. It is modified in place (adapters are
         inserted, ``fft`` unfreezes its image tower) and then belongs to this hasher: building a second
         hasher on it raises ``ValueError``. Load another (``load_backbone``) or ``copy.deepcopy`` it
@@ -184,6 +225,12 @@ def build_hasher(
         ``kiddo_alpha`` (0.1), ``kiddo_beta`` (1.0), ``kiddo_gamma`` (1.0), ``kiddo_sweeps`` (10).
         ``batch_norm`` (None: the loss's default — True for csq, orthohash, mdsh) BatchNorm in the head
         and in G. ``template`` ("a photo of a {}.") the text prompt for K.
+        ``knowledge`` ("true") a control of K for methods that read it (:func:`control_knowledge`:
+        ``"permuted"`` deals the text rows to other classes, ``"random"`` Gaussian rows of K's norms);
+        ``knowledge_seed`` (0) seeds it. Methods that do not read K accept only ``"true"``.
+        ``anchor_momentum`` (None: the optimiser's, as released) ours, not the paper's: SGD momentum
+        for G alone. With the released 0.9, L_ali can drive ‖G‖ up without bound on a K dominated by
+        its common mean (tiny-shapes); 0.0 keeps it stable there. Never switched on by default.
         ``adapter`` is accepted for explicitness but must agree with the method.
         Hparams a method does not use (e.g. ``rank`` for ``lb``) are recorded and ignored.
 
@@ -206,6 +253,8 @@ def build_hasher(
     if duplicates:
         raise ValueError(f"classnames has duplicates {_names(duplicates)}: each class needs its own name")
     hp = _resolve_hparams(method, hparams)
+    if hp["knowledge"] == "permuted" and len(classnames) < 2:
+        raise ValueError("knowledge='permuted' needs at least 2 classes to deal text rows to other classes")
     if hp["adapter"] == "clora" and hp["rank"] > len(classnames):
         raise ValueError(
             f"rank {hp['rank']} exceeds the number of classes {len(classnames)}: CLoRA selects rank classes "
@@ -224,4 +273,9 @@ def build_hasher(
             "load_backbone(...) or pass copy.deepcopy(backbone)"
         )
     criterion = build_criterion(hp)
-    return Hasher(method, backbone, classnames, int(bits), hp, criterion, METHODS[method]["finetune"])
+    knowledge = backbone.text_knowledge(classnames, hp["template"])
+    knowledge = control_knowledge(knowledge, hp["knowledge"], hp["knowledge_seed"])
+    spec = METHODS[method]
+    return Hasher(
+        method, backbone, classnames, int(bits), hp, criterion, spec["finetune"], knowledge, spec["zeroshot"]
+    )

@@ -1,10 +1,14 @@
 """The two small layers of the notes' *Model* section: the hash head and the knowledge anchors, plus
-:func:`sign`, the one rule that turns continuous outputs into ±1 codes everywhere in kalahash."""
+:func:`sign`, the one rule that turns continuous outputs into ±1 codes everywhere in kalahash, and
+:class:`ZeroShotHead`, the text-only control that needs no training."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .centers import csq_centers
 
 
 def sign(x: torch.Tensor) -> torch.Tensor:
@@ -53,3 +57,30 @@ class KnowledgeAnchors(nn.Module):
         if self.bn is not None:
             g = self.bn(g)
         return g.t()
+
+
+class ZeroShotHead(nn.Module):
+    """Codes from the text side alone: each image gets the code of its zero-shot class (no parameters).
+
+    The zero-shot class is CLIP's rule, argmax over c of cos(image feature, K_c) (both normalised for
+    the cosine only). Class codes are well-separated fixed rows: :func:`csq_centers`, i.e. Hadamard rows
+    when ``bits`` is a power of two and C ≤ 2·bits, balanced random codes otherwise (drawn with seed 0,
+    outside torch's global RNG, so every run of a setting gets the same codes). Multi-label images get
+    the code of their top-1 class only. This bounds what the knowledge gives with no adaptation at all.
+    """
+
+    def __init__(self, knowledge: torch.Tensor, bits: int) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            codes = csq_centers(knowledge.shape[0], bits)
+        self.register_buffer("keys", F.normalize(knowledge.detach().float(), dim=-1), persistent=False)
+        self.register_buffer("codes", codes.to(knowledge.device), persistent=False)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """The zero-shot class index of each feature row, (batch,)."""
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return (F.normalize(features.float(), dim=-1) @ self.keys.t()).argmax(dim=-1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.codes[self.classify(features)]

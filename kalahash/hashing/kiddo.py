@@ -98,7 +98,7 @@ class KIDDO(nn.Module):
     batch. :meth:`b_step` runs :func:`kiddo_b_step` once per epoch.
 
     State (buffers, allocated by :meth:`setup`): B (bits × N) random ±1, U (bits × N) zeros,
-    Y (C × N) the training labels.
+    Y (C × N) the training labels. ``last_flips``: entries of B the latest B-step changed (diagnostics).
     """
 
     def __init__(
@@ -116,6 +116,7 @@ class KIDDO(nn.Module):
         self.alpha, self.beta, self.gamma, self.sweeps = float(alpha), float(beta), float(gamma), int(sweeps)
         for name in ("B", "U", "Y"):
             self.register_buffer(name, torch.empty(0, 0))
+        self.last_flips = 0
 
     @property
     def batch_norm(self) -> bool:
@@ -160,7 +161,9 @@ class KIDDO(nn.Module):
     def b_step(self, W: torch.Tensor) -> None:
         """The B-step rule B_i ← sign(P_i − B'ᵀ W' w_i) for every bit, with the current anchors W."""
         self._check_ready()
-        self.B = kiddo_b_step(self.B, W.float(), self.Y, self.U, self.alpha, self.beta, self.sweeps)
+        updated = kiddo_b_step(self.B, W.float(), self.Y, self.U, self.alpha, self.beta, self.sweeps)
+        self.last_flips = int((updated != self.B).sum())
+        self.B = updated
 
     def objective(self, W: torch.Tensor) -> float:
         return kiddo_objective(self.B, W.float(), self.Y, self.U, self.alpha, self.beta)

@@ -12,7 +12,7 @@ from torch import nn
 
 from kalahash.lora import CLoRALinear, KnowledgePool, adapters, apply_adapter, knowledge_pool, merge_lora
 
-from .heads import HashHead, KnowledgeAnchors, sign
+from .heads import HashHead, KnowledgeAnchors, ZeroShotHead, sign
 from .losses.base import as_floats, as_label_tensor
 from .state import collect_trained_state, restore_trained_state
 
@@ -39,8 +39,9 @@ class Hasher(nn.Module):
     ``trainable_from``, ``prefix_tokens`` and ``forward_from_tokens``. Retrieval uses ``encode``.
 
     :func:`build_hasher` validates the names and numbers and passes the pieces they resolve to:
-    ``hparams`` (resolved), ``criterion`` (the registered loss or KIDDO around it) and ``finetune``
-    (whether the method trains the whole image tower).
+    ``hparams`` (resolved), ``criterion`` (the registered loss or KIDDO around it), ``finetune``
+    (whether the method trains the whole image tower), ``knowledge`` (K, C × embed, after its control)
+    and ``zeroshot`` (a :class:`ZeroShotHead` instead of the hash head: nothing to train).
     """
 
     def __init__(
@@ -52,6 +53,8 @@ class Hasher(nn.Module):
         hparams: dict[str, Any],
         criterion: nn.Module,
         finetune: bool,
+        knowledge: torch.Tensor,
+        zeroshot: bool = False,
     ) -> None:
         super().__init__()
         self.method = method
@@ -65,7 +68,7 @@ class Hasher(nn.Module):
         self._merged = False
         device = next(backbone.visual.parameters()).device
 
-        knowledge = backbone.text_knowledge(self.classnames, hparams["template"]).to(device)
+        knowledge = knowledge.detach().float().to(device)
         backbone.model.requires_grad_(False)
         if hparams["adapter"] is not None:
             apply_adapter(
@@ -84,7 +87,9 @@ class Hasher(nn.Module):
         self.visual = backbone.visual
         self.register_buffer("knowledge", knowledge, persistent=False)
         embed = backbone.embed_dim
-        self.head = HashHead(embed, bits, hparams["batch_norm"]).to(device)
+        self.head = (
+            ZeroShotHead(knowledge, bits) if zeroshot else HashHead(embed, bits, hparams["batch_norm"])
+        ).to(device)
         self.anchors = KnowledgeAnchors(embed, bits, hparams["batch_norm"]).to(device) if self.kiddo else None
         self.criterion = criterion.to(device)
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long, device=device))
@@ -118,6 +123,18 @@ class Hasher(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the optimiser updates (adapters, F, head, G; the image tower under fft)."""
         return [p for p in self.parameters() if p.requires_grad]
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """SGD parameter groups: one for everything trained, unless hparam ``anchor_momentum`` gives G
+        its own momentum (ours; see :func:`build_hasher`)."""
+        params = self.trainable_parameters()
+        if self.anchors is None or self.hparams.get("anchor_momentum") is None:
+            return [{"params": params}]
+        anchor_ids = {id(p) for p in self.anchors.parameters()}
+        return [
+            {"params": [p for p in params if id(p) not in anchor_ids]},
+            {"params": list(self.anchors.parameters()), "momentum": self.hparams["anchor_momentum"]},
+        ]
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameter counts per part, plus ``total_trainable``."""
@@ -273,8 +290,15 @@ class Hasher(nn.Module):
         self._set_scale(self.criterion.continuation_scale(int(self.epochs_done)))
 
     def _set_scale(self, value: float) -> None:
+        if not isinstance(self.head, HashHead):
+            return  # the zero-shot head has no slope
         # a new tensor, not an in-place fill: a graph built before may still hold the old slope
         self.head.scale = torch.tensor(float(value), device=self.head.scale.device)
+
+    def routing_top1(self) -> list[torch.Tensor]:
+        """The top-1 class each CLoRA layer selected for each image of the latest forward (one (batch,)
+        tensor per layer that has run; empty without CLoRA)."""
+        return [m.last_top1 for _, m in adapters(self.visual) if getattr(m, "last_top1", None) is not None]
 
     # ------------------------------------------------------------------ state
 
