@@ -1,16 +1,21 @@
-"""Frozen CLIP backbones: one factory over open_clip names, tags, local files and our built-ins.
+"""Frozen CLIP backbones: one factory over open_clip names, tags, local files, our built-ins and SLIP.
 
 The factory returns a :class:`Backbone` whose image tower has its fused attention split into
 explicit q, k, v and out projections, so that adapters (``kalahash.lora``) can wrap any of them.
+:func:`image_tower` gives the token path of either kind of image tower (open_clip's ViT or a timm
+ViT, as SLIP's) behind one small interface, :class:`ImageTower`, which the hasher and the cache use.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import logging
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +23,10 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
+from timm.layers import Attention as TimmAttention
 from torch import nn
+
+from . import slip
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -132,6 +140,178 @@ def open_clip_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+class TimmSplitAttention(SplitAttention):
+    """:class:`SplitAttention` called as timm's ``Attention`` is: ``attn(x, attn_mask=None) -> x``."""
+
+    @classmethod
+    def from_timm(cls, attn: TimmAttention) -> TimmSplitAttention:
+        width = attn.qkv.in_features
+        plain = all(isinstance(m, nn.Identity) for m in (attn.q_norm, attn.k_norm, attn.norm))
+        if (
+            not plain
+            or getattr(attn, "gate", None) is not None
+            or attn.attn_dim != width
+            or attn.proj.out_features != width
+            or attn.qkv.bias is None
+            or attn.proj.bias is None
+        ):
+            raise ValueError(
+                "only plain timm self-attention (biased qkv and proj, no q/k norm or gate) can be split"
+            )
+        split = cls(width, attn.num_heads, batch_first=True).to(
+            device=attn.qkv.weight.device, dtype=attn.qkv.weight.dtype
+        )
+        with torch.no_grad():
+            # timm's qkv rows are [q; k; v], each (heads × head_dim) wide
+            for proj, weight, bias in zip(
+                (split.q_proj, split.k_proj, split.v_proj),
+                attn.qkv.weight.chunk(3),
+                attn.qkv.bias.chunk(3),
+                strict=True,
+            ):
+                proj.weight.copy_(weight)
+                proj.bias.copy_(bias)
+            split.out_proj.weight.copy_(attn.proj.weight)
+            split.out_proj.bias.copy_(attn.proj.bias)
+        split.train(attn.training)
+        return split
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False, **_: Any
+    ) -> torch.Tensor:
+        if is_causal:
+            raise ValueError("split timm attention is for image towers: is_causal=True is not supported")
+        return super().forward(x, attn_mask=attn_mask)[0]
+
+
+def split_timm_attention(module: nn.Module) -> int:
+    """Replace every timm ``Attention`` (fused ``qkv``) under ``module`` in place; return how many."""
+    count = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, TimmAttention):
+            setattr(module, name, TimmSplitAttention.from_timm(child))
+            count += 1
+        else:
+            count += split_timm_attention(child)
+    return count
+
+
+class ImageTower(ABC):
+    """The token path of a ViT image tower, whatever library built it.
+
+    ``embed`` (patch embedding, prefix tokens, positions, pre-norm) → ``run_blocks`` → ``pool_project``
+    (final norm, pooling, projection) equals the tower's own forward. Tokens are always batch-first
+    ``(batch, tokens, width)`` with the class token at index 0. A thin view: it holds no state but the
+    tower, so make one whenever needed (:func:`image_tower`).
+    """
+
+    batch_first = True
+
+    def __init__(self, visual: nn.Module) -> None:
+        self.visual = visual
+
+    @property
+    @abstractmethod
+    def blocks(self) -> nn.Module:
+        """The transformer blocks, indexable and sliceable; each has an ``attn`` (split after loading)."""
+
+    @property
+    @abstractmethod
+    def width(self) -> int:
+        """The token width."""
+
+    @abstractmethod
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Batch-first tokens before the first block."""
+
+    @abstractmethod
+    def pool_project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Raw projected features (the tower's output) from tokens after the last block."""
+
+    @abstractmethod
+    def prefix_state(self, upto: int) -> dict[str, torch.Tensor]:
+        """The weights that determine the tokens after ``blocks[:upto]`` (for cache keys)."""
+
+    def run_blocks(self, tokens: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Batch-first tokens through ``blocks[start:stop]``."""
+        if not self.batch_first:
+            tokens = tokens.transpose(0, 1)
+        for block in self.blocks[start:stop]:
+            tokens = block(tokens)
+        if not self.batch_first:
+            tokens = tokens.transpose(0, 1)
+        return tokens
+
+
+class OpenClipTower(ImageTower):
+    """open_clip's ``VisionTransformer``."""
+
+    @property
+    def batch_first(self) -> bool:  # type: ignore[override]
+        return getattr(self.visual.transformer, "batch_first", True)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.visual.transformer.resblocks
+
+    @property
+    def width(self) -> int:
+        return self.visual.transformer.width
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual._embeds(images)
+
+    def pool_project(self, tokens: torch.Tensor) -> torch.Tensor:
+        pooled, _ = self.visual._pool(tokens)
+        return pooled @ self.visual.proj if self.visual.proj is not None else pooled
+
+    def prefix_state(self, upto: int) -> dict[str, torch.Tensor]:
+        visual = self.visual
+        state = nn.ModuleList([visual.conv1, visual.ln_pre, *self.blocks[:upto]]).state_dict()
+        state.update(class_embedding=visual.class_embedding, positional_embedding=visual.positional_embedding)
+        return state
+
+
+class TimmTower(ImageTower):
+    """A timm ViT ``trunk`` followed by a ``head`` (open_clip's ``TimmModel`` layout; SLIP's towers)."""
+
+    @property
+    def blocks(self) -> nn.Sequential:
+        return self.visual.trunk.blocks
+
+    @property
+    def width(self) -> int:
+        return self.visual.trunk.embed_dim
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        trunk = self.visual.trunk
+        tokens = trunk._pos_embed(trunk.patch_embed(images))
+        return trunk.norm_pre(trunk.patch_drop(tokens))
+
+    def pool_project(self, tokens: torch.Tensor) -> torch.Tensor:
+        trunk = self.visual.trunk
+        return self.visual.head(trunk.forward_head(trunk.norm(tokens)))
+
+    def prefix_state(self, upto: int) -> dict[str, torch.Tensor]:
+        trunk = self.visual.trunk
+        state = nn.ModuleList([trunk.patch_embed, trunk.norm_pre, *self.blocks[:upto]]).state_dict()
+        tokens = {"cls_token": trunk.cls_token, "reg_token": trunk.reg_token, "pos_embed": trunk.pos_embed}
+        state.update({k: v for k, v in tokens.items() if v is not None})
+        return state
+
+
+def image_tower(visual: nn.Module) -> ImageTower:
+    """The :class:`ImageTower` view of a CLIP model's ``visual`` (open_clip ViT or timm ViT)."""
+    if hasattr(visual, "trunk") and hasattr(visual.trunk, "blocks"):
+        return TimmTower(visual)
+    if hasattr(visual, "transformer") and hasattr(visual, "_embeds"):
+        return OpenClipTower(visual)
+    raise ValueError(
+        f"{type(visual).__name__} is not a ViT image tower kalahash can drive: it needs open_clip's "
+        "VisionTransformer or a timm ViT trunk"
+    )
+
+
 def state_fingerprint(state: nn.Module | Mapping[str, torch.Tensor]) -> str:
     """A short hash of a module's parameters and buffers (or of named tensors), to tie results and
     checkpoints to exact weights."""
@@ -163,8 +343,12 @@ class Backbone:
         return self.model.visual
 
     @property
-    def blocks(self) -> nn.ModuleList:
-        return self.model.visual.transformer.resblocks
+    def tower(self) -> ImageTower:
+        return image_tower(self.model.visual)
+
+    @property
+    def blocks(self) -> nn.Module:
+        return self.tower.blocks
 
     @property
     def device(self) -> torch.device:
@@ -201,7 +385,7 @@ def _close_matches(name: str, choices: list[str]) -> str:
 
 
 def available_models() -> list[str]:
-    return sorted(set(open_clip.list_models()) | set(BUILTIN_WEIGHTS))
+    return sorted(set(open_clip.list_models()) | set(BUILTIN_WEIGHTS) | set(slip.SLIP_MODELS))
 
 
 def _looks_like_path(pretrained: str) -> bool:
@@ -241,8 +425,9 @@ def load_backbone(
 
     Parameters
     ----------
-    name : an open_clip model name (``"ViT-B-32"``), our test config ``"tiny"``, or a built-in
-        pre-trained model (``"tiny-shapes"``, shipped weights). ``available_models()`` lists them.
+    name : an open_clip model name (``"ViT-B-32"``), our test config ``"tiny"``, a built-in
+        pre-trained model (``"tiny-shapes"``, shipped weights) or a SLIP model (``"SLIP-ViT-S-16"``,
+        weights from a local SLIP checkpoint file). ``available_models()`` lists them.
     pretrained : an open_clip tag (``"openai"``), a path to a weights file, or ``None``: random
         weights for an open_clip name, the shipped weights for a built-in. ``"random"`` forces random.
     device : where to put the model; CPU by default.
@@ -254,6 +439,8 @@ def load_backbone(
     models = available_models()
     if name not in models:
         raise ValueError(f"unknown backbone {name!r}.{_close_matches(name, models)} See available_models().")
+    if name in slip.SLIP_MODELS:
+        return _load_slip_backbone(name, pretrained, device)
     tag: str | None = None if pretrained is None else os.fspath(pretrained)
     config = name
     if name in BUILTIN_WEIGHTS and tag is None:
@@ -312,3 +499,66 @@ def load_backbone(
         width=transformer.width,
         fingerprint=fingerprint,
     )
+
+
+def _load_slip_backbone(name: str, pretrained: str | os.PathLike | None, device: Any) -> Backbone:
+    """A SLIP model (:mod:`kalahash.slip`): random weights, or a local SLIP checkpoint file."""
+    config = slip.SLIP_MODELS[name]
+    path = None if pretrained is None or os.fspath(pretrained) == RANDOM else Path(pretrained)
+    if path is not None and not _looks_like_path(str(path)):
+        example = config.files[0] if config.files else "slip_small_100ep.pt"
+        raise ValueError(
+            f"{name!r} loads its weights from a local SLIP checkpoint file, not a tag ({str(path)!r}). "
+            f"Download one (e.g. {slip.DOWNLOAD_URL.format(file=example)}) and pass its path: "
+            f"load_backbone({name!r}, pretrained='/path/to/{example}')."
+        )
+    if path is not None:
+        _check_checkpoint(path)
+    model = slip.build_slip_model(config)
+    if path is not None:
+        slip.load_slip_weights(model, path, name)
+    if device is not None:
+        model = model.to(device)
+    fingerprint = state_fingerprint(model)  # of the weights as loaded, before the split
+    split_timm_attention(model.visual)
+    model.eval().requires_grad_(False)
+    return Backbone(
+        name=name,
+        pretrained=RANDOM if path is None else path.name,
+        model=model,
+        tokenizer=slip.slip_tokenizer(config),
+        preprocess=slip.slip_preprocess(config),
+        embed_dim=config.embed_dim,
+        width=config.width,
+        fingerprint=fingerprint,
+    )
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """Hide open_clip's "no pretrained weights loaded" warning: building without weights is the point."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def parameter_count(name: str) -> int:
+    """Parameters of a backbone's whole CLIP model (image and text towers), as open_clip counts them.
+
+    Built on the meta device (shapes only, no memory, no download), so it is cheap for any size; equal
+    to ``sum(p.numel() for p in load_backbone(name).model.parameters())``.
+    """
+    models = available_models()
+    if name not in models:
+        raise ValueError(f"unknown backbone {name!r}.{_close_matches(name, models)} See available_models().")
+    if name in slip.SLIP_MODELS:
+        model = slip.build_slip_model(slip.SLIP_MODELS[name], device="meta")
+    else:
+        config = BUILTIN_WEIGHTS[name][0] if name in BUILTIN_WEIGHTS else name
+        with _quiet_root_logger(), torch.device("meta"):  # the context skips the random init on the CPU
+            model = open_clip.create_model(config, device="meta")
+    return sum(p.numel() for p in model.parameters())

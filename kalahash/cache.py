@@ -64,14 +64,9 @@ class PrefixCache:
 
     def key(self, hasher: nn.Module, images: ImageList, upto: int) -> str:
         backbone = hasher.backbone
-        visual = backbone.visual
-        prefix = nn.ModuleList([visual.conv1, visual.ln_pre, *backbone.blocks[:upto]]).state_dict()
-        prefix.update(
-            class_embedding=visual.class_embedding, positional_embedding=visual.positional_embedding
-        )
         parts = {
             "backbone": backbone.name,
-            "prefix_weights": state_fingerprint(prefix),
+            "prefix_weights": state_fingerprint(backbone.tower.prefix_state(upto)),
             "preprocess": repr(backbone.preprocess),
             "images": images_fingerprint(images),
             "upto": upto,

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
+import seaborn as sns
+from matplotlib.ticker import FuncFormatter
 
+from .backbones import parameter_count
 from .fileio import atomic_write, atomic_write_text
 
 _PROVENANCE_COLUMNS = (
@@ -162,6 +166,63 @@ def plot_history(
     return fig
 
 
+def _require_columns(table: pd.DataFrame, name: str, columns: Iterable[str]) -> None:
+    missing = [c for c in columns if c not in table]
+    if missing:
+        raise ValueError(f"{name} lacks the column(s) {missing}; it has {list(table.columns)}")
+
+
+def _millions(x: float, _: Any = None) -> str:
+    return f"{x / 1e6:.3g}M"
+
+
+def backbone_scaling(
+    summary: pd.DataFrame,
+    title: str,
+    value: str = "mean",
+    error: str = "std",
+    params: Mapping[str, int] | None = None,
+) -> plt.Figure:
+    """mAP against the backbone's parameter count (log scale), one line per method, each backbone named.
+
+    ``summary`` has one row per (backbone, method) with ``value`` and ``error`` (e.g.
+    ``summarize(rows, by=("backbone", "method"))``). Parameter counts come from a ``params`` column,
+    else from ``params``, else :func:`kalahash.backbones.parameter_count` (whole CLIP model).
+    """
+    _require_columns(summary, "summary", ("backbone", "method", value, error))
+    if "params" in summary:
+        counts = dict(zip(summary["backbone"], summary["params"], strict=True))
+    else:
+        given = dict(params or {})
+        counts = {
+            b: int(given[b]) if b in given else parameter_count(b) for b in summary["backbone"].unique()
+        }
+    table = summary.assign(params=summary["backbone"].map(counts)).sort_values("params")
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for method, group in table.groupby("method", sort=False):
+        ax.errorbar(group["params"], group[value], yerr=group[error], marker="o", capsize=3, label=method)
+    for backbone, group in table.groupby("backbone", sort=False):
+        top = group[value] + group[error].fillna(0)
+        ax.annotate(
+            backbone,
+            (group["params"].iloc[0], top.max()),
+            xytext=(0, 6),
+            textcoords="offset points",
+            ha="center",
+            fontsize=7,
+        )
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(_millions))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
+    ax.set_xlabel("backbone parameters (image + text towers)")
+    ax.set_ylabel("mAP")
+    ax.set_title(title)
+    ax.margins(x=0.15, y=0.15)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_run_history(row: Mapping[str, Any], workdir: str | os.PathLike, num_classes: int) -> plt.Figure:
     """:func:`plot_history` of one results row's run (its file under ``workdir``), titled with the run and
     its flags, with the class line and the divergence bound drawn. A run stored before histories were
@@ -178,3 +239,102 @@ def plot_run_history(row: Mapping[str, Any], workdir: str | os.PathLike, num_cla
         num_classes=num_classes,
         w_limit=w_bound(int(row["bits"]), num_classes),
     )
+
+
+def _mean_std(rows: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
+    table = rows.groupby(by, sort=False)[value].agg(mean="mean", std="std").reset_index()
+    table["std"] = table["std"].fillna(0.0)  # one seed: no spread
+    return table
+
+
+def map_silhouette_bars(
+    maps: pd.DataFrame, silhouettes: pd.DataFrame, title: str = "", value: str = "map"
+) -> plt.Figure:
+    """mAP per method (left) and silhouette of features and codes per method (right), mean ± std.
+
+    ``maps`` has one row per method and seed with ``value``; ``silhouettes`` one row per method, space
+    and seed with ``silhouette`` (as :func:`kalahash.embeddings.silhouette_scores` gives, plus a seed
+    column). Rows of the same method and space are averaged, so seeds need no column of their own.
+    """
+    _require_columns(maps, "maps", ("method", value))
+    _require_columns(silhouettes, "silhouettes", ("method", "space", "silhouette"))
+    methods = list(dict.fromkeys([*maps["method"], *silhouettes["method"]]))
+    mean_map = _mean_std(maps, ["method"], value).set_index("method").reindex(methods)
+    sil = _mean_std(silhouettes, ["method", "space"], "silhouette")
+    spaces = list(dict.fromkeys(sil["space"]))
+    colours = sns.color_palette("deep", n_colors=1 + len(spaces))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(4 + 1.1 * len(methods), 3.4))
+    positions = range(len(methods))
+    left.bar(positions, mean_map["mean"], yerr=mean_map["std"], capsize=4, color=colours[0])
+    left.set_ylabel("mAP")
+    left.set_ylim(0, max(1.0, float(mean_map["mean"].max()) * 1.1))
+    width = 0.8 / max(len(spaces), 1)
+    for j, space in enumerate(spaces):
+        part = sil[sil["space"] == space].set_index("method").reindex(methods)
+        offsets = [i - 0.4 + width * (j + 0.5) for i in positions]
+        right.bar(
+            offsets, part["mean"], width, yerr=part["std"], capsize=3, color=colours[1 + j], label=space
+        )
+    right.set_ylabel("silhouette (0-100)")
+    right.set_ylim(0, 100)
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.set_xticks(list(positions), methods, rotation=30, ha="right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def umap_grid(
+    coords: pd.DataFrame,
+    title: str = "",
+    classnames: Sequence[str] | None = None,
+    scores: Mapping[str, float] | None = None,
+    ncols: int = 4,
+) -> plt.Figure:
+    """One UMAP panel per method, points coloured by class (seaborn), one shared legend.
+
+    ``coords`` as :func:`kalahash.embeddings.umap_coordinates` gives (method, x, y, label);
+    ``classnames`` name the label ids; ``scores`` (e.g. silhouettes) are shown in the panel titles.
+    """
+    _require_columns(coords, "coords", ("method", "x", "y", "label"))
+    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
+        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    methods = list(dict.fromkeys(coords["method"]))
+    names = list(classnames) if classnames is not None else None
+    hue = coords["label"].map(lambda c: names[c] if names is not None and 0 <= c < len(names) else str(c))
+    order = list(dict.fromkeys(hue[coords["label"].sort_values(kind="stable").index]))
+    palette = sns.color_palette("tab10" if len(order) <= 10 else "husl", n_colors=len(order))
+    cols = min(ncols, len(methods))
+    rows = math.ceil(len(methods) / cols)
+    with sns.axes_style("white"):
+        fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.8 * rows + 0.4), squeeze=False)
+        for ax, method in zip(axes.flat, methods, strict=False):
+            mask = coords["method"] == method
+            sns.scatterplot(
+                x=coords.loc[mask, "x"],
+                y=coords.loc[mask, "y"],
+                hue=hue[mask],
+                hue_order=order,
+                palette=palette,
+                s=8,
+                linewidth=0,
+                ax=ax,
+                legend=ax is axes.flat[0],
+            )
+            score = f"\n{scores[method]:.1f}" if scores is not None and method in scores else ""
+            ax.set_title(f"{method}{score}", fontsize=9)
+            ax.set(xticks=[], yticks=[], xlabel="", ylabel="")
+            sns.despine(ax=ax, left=True, bottom=True)
+        for ax in list(axes.flat)[len(methods) :]:
+            ax.set_visible(False)
+        first = axes.flat[0]
+        if first.get_legend() is not None:
+            handles, labels = first.get_legend_handles_labels()
+            first.get_legend().remove()
+            fig.legend(handles, labels, loc="center right", fontsize=7, markerscale=1.5, frameon=False)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout(rect=(0, 0, 0.85, 1))
+    return fig

@@ -26,6 +26,8 @@ LAYERS = {
     "data": 1,
     # a run's history and flags: tables only (plots draws them, experiments writes them)
     "history": 1,
+    # model definitions that backbones dispatches to (SLIP's checkpoints)
+    "slip": 1,
     # the built-in worlds sit above data (they register with it); data never imports them
     "world": 2,
     "objects10": 2,
@@ -36,6 +38,8 @@ LAYERS = {
     "checkpoints": 5,
     "plots": 5,
     "train": 6,
+    # features, codes, silhouettes and UMAP views of trained hashers, for the figures
+    "embeddings": 6,
     "experiments": 7,
     "pretrain": 7,
     "cli": 8,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from kalahash.backbones import ImageTower, image_tower
 from kalahash.lora import CLoRALinear, KnowledgePool, adapters, apply_adapter, knowledge_pool, merge_lora
 
 from .heads import HashHead, KnowledgeAnchors, ZeroShotHead, sign
@@ -112,8 +113,13 @@ class Hasher(nn.Module):
         return self.knowledge.device
 
     @property
+    def tower(self) -> ImageTower:
+        """The token path of this hasher's own image tower (open_clip or timm ViT)."""
+        return image_tower(self.visual)
+
+    @property
     def num_blocks(self) -> int:
-        return len(self.visual.transformer.resblocks)
+        return len(self.tower.blocks)
 
     @property
     def knowledge_pool(self) -> KnowledgePool | None:
@@ -161,17 +167,6 @@ class Hasher(nn.Module):
 
     # ------------------------------------------------------------------ forward paths
 
-    def _run_blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        transformer = self.visual.transformer
-        batch_first = getattr(transformer, "batch_first", True)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        for block in transformer.resblocks[start:stop]:
-            x = block(x)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        return x
-
     def _check_index(self, name: str, value: int) -> int:
         n = self.num_blocks
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= n:
@@ -183,18 +178,14 @@ class Hasher(nn.Module):
     def prefix_tokens(self, images: torch.Tensor, upto: int) -> torch.Tensor:
         """Tokens (B, L, width) after the patch embedding and blocks[:upto]."""
         upto = self._check_index("upto", upto)
-        return self._run_blocks(self.visual._embeds(images), 0, upto)
-
-    def _pool_project(self, tokens: torch.Tensor) -> torch.Tensor:
-        pooled, _ = self.visual._pool(tokens)
-        if self.visual.proj is not None:
-            pooled = pooled @ self.visual.proj
-        return pooled
+        tower = self.tower
+        return tower.run_blocks(tower.embed(images), 0, upto)
 
     def features_from_tokens(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
         """Raw projected CLS features from tokens that already went through blocks[:start]."""
         start = self._check_index("start", start)
-        return self._pool_project(self._run_blocks(tokens, start, self.num_blocks))
+        tower = self.tower
+        return tower.pool_project(tower.run_blocks(tokens, start, self.num_blocks))
 
     def forward_from_tokens(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
         """u from tokens that already went through blocks[:start]: blocks[start:], pool, proj, head."""
@@ -202,7 +193,7 @@ class Hasher(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Raw projected CLS image features (not normalised), as the hash head sees them."""
-        return self.features_from_tokens(self.visual._embeds(images), 0)
+        return self.features_from_tokens(self.tower.embed(images), 0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
@@ -229,7 +220,7 @@ class Hasher(nn.Module):
         the patch embedding included, is trained; the number of blocks when the tower is frozen)."""
         if self.finetune:
             return 0
-        for i, block in enumerate(self.visual.transformer.resblocks):
+        for i, block in enumerate(self.tower.blocks):
             if any(p.requires_grad for p in block.parameters()):
                 return i
         return self.num_blocks
