@@ -310,6 +310,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cache=None if args.cache == "none" else args.cache,
     )
     _print_table(table)
+    _warn_flags(table)
     print(
         f"figures: {args.out}/demo_map.png, .pdf; table: {args.out}/demo_results.csv; all rows: {args.results}"
     )

@@ -221,3 +221,19 @@ def test_the_demo_honours_cache_and_results(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         main(["demo", "--cache", str(tmp_path / "c"), "--results", str(tmp_path / "r" / "t.csv"), "--quiet"])
     assert (seen["cache"], seen["results"]) == (str(tmp_path / "c"), str(tmp_path / "r" / "t.csv"))
+
+
+def test_the_demo_shows_flags_and_warns(tmp_path, capsys, monkeypatch):
+    import kalahash.experiments as experiments
+
+    def fake(cfg, **_):
+        flags = "anchors_collapsed" if cfg.method == "kalahash" else ""
+        return {"config_id": cfg.config_id, **cfg.to_row(), "map": 0.3, "map_at": 10, "p_at_100": 0.4,
+                "train_seconds": 1.0, "trainable_params": 5, "hparams_source": "x", "flags": flags}  # fmt: skip
+
+    monkeypatch.setattr(experiments, "run_experiment", fake)
+    assert main(["demo", "--out", str(tmp_path / "f"), "--results", str(tmp_path / "r.csv"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "flags" in captured.out.splitlines()[1] and "anchors_collapsed" in captured.out
+    warnings = [line for line in captured.err.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "method kalahash" in warnings[0]
