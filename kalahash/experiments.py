@@ -446,7 +446,16 @@ def run_demo(
     options = {"results": results, "cache": cache, "force": force, "progress": progress}
     rows = pd.DataFrame([run_experiment(replace(base, method=m), **options) for m in DEMO_METHODS])
     table = rows[
-        ["method", "map", "map_at", "p_at_100", "train_seconds", "trainable_params", "hparams_source", "flags"]
+        [
+            "method",
+            "map",
+            "map_at",
+            "p_at_100",
+            "train_seconds",
+            "trainable_params",
+            "hparams_source",
+            "flags",
+        ]
     ]
     save_table(rows, "demo_results", out_dir=out_dir)
     title = f"{dataset}, {shots}-shot, {bits} bits (offline world, tiny CLIP)"
