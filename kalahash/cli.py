@@ -3,7 +3,7 @@
 Each command parses its options, calls one function and prints: ``demo`` → ``run_demo``, ``run`` →
 ``run_experiment``, ``sweep`` → ``run_sweep``, ``eval`` → ``evaluate_checkpoint``, ``export`` →
 ``export_checkpoint``, ``check-data`` → ``check_dataset`` (all in ``kalahash.experiments``),
-``pretrain-tiny`` → ``kalahash.pretrain.pretrain_tiny``.
+``pretrain-tiny`` → ``kalahash.pretrain.pretrain_tiny``, ``reproduce`` → ``kalahash.reproduce.reproduce``.
 """
 
 from __future__ import annotations
@@ -352,6 +352,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    done = reproduce(args.profile, args.only, args.dataset, fresh=args.fresh, kernel=args.kernel)
+    _print_table(done.table[["notebook", "status", "seconds", "output"]])
+    for line in done.table[done.table["error"] != ""].itertuples():
+        print(f"{line.notebook} failed: {line.error}")
+    print(f"executed notebooks: {done.run_dir}")
+    print(f"figures and tables: {done.figures} ({len(done.figures_written)} files written by this call)")
+    print(f"results table: {done.results}")
+    return 0 if done.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .pretrain import add_pretrain_tiny_arguments
 
@@ -429,6 +442,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pretrained", default=None, help="backbone weights, if not the checkpoint's")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="run the notebooks in order through papermill into runs/<timestamp>/ (continues the latest "
+        "unfinished call; finished notebooks and runs are reused)",
+    )
+    p.add_argument(
+        "--profile",
+        default="auto",
+        choices=("auto", "smoke", "paper"),
+        help="smoke: the offline world, minutes on a CPU; paper: CLIP ViT-B/32 on the real data sets; "
+        "auto: smoke for the built-in worlds, paper for real data (default: %(default)s)",
+    )
+    p.add_argument("--only", nargs="+", default=None, metavar="PREFIX", help="notebooks to run, e.g. 03 06")
+    p.add_argument("--dataset", default=None, help="passed to every notebook (default: the profile's)")
+    p.add_argument("--fresh", action="store_true", help="a new runs folder: rerun every notebook")
+    p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebooks' own)")
+    p.set_defaults(func=cmd_reproduce)
     return parser
 
 

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 ADAPTER_KINDS = ("lora", "clora")
+# How CLoRA picks the r pool rows of each image: the paper's Top_r, or the ablation's controls.
+SELECTIONS = ("topr", "random", "fixed")
 # Short target names -> SplitAttention attribute names.
 TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"}
 # Release defaults (configs/model/kalahash.yaml): last block, key and value, rank 8, strength 0.5.
@@ -157,10 +159,23 @@ class CLoRALinear(_AdaptedLinear):
 
     ``last_top1`` holds the top-1 selected class of each image of the latest forward (batch,), for the
     routing diagnostics; it is a by-product of the selection and changes nothing in the output.
+    ``selection`` replaces Top_r for the ablation that asks whether choosing by similarity matters:
+    ``"topr"`` (the paper, default), ``"random"`` (r distinct classes drawn per image at every forward,
+    from a generator seeded with ``seed``; the draws are not part of a checkpoint), ``"fixed"`` (the
+    first r classes, the same for every image).
     """
 
-    def __init__(self, base: nn.Linear, pool: KnowledgePool, rank: int, alpha: float) -> None:
+    def __init__(
+        self,
+        base: nn.Linear,
+        pool: KnowledgePool,
+        rank: int,
+        alpha: float,
+        selection: str = "topr",
+        seed: int = 0,
+    ) -> None:
         super().__init__()
+        _check_selection(selection)
         if not isinstance(base, nn.Linear):
             raise ValueError(f"base must be an nn.Linear, got {type(base).__name__}")
         if not isinstance(pool, KnowledgePool):
@@ -187,14 +202,28 @@ class CLoRALinear(_AdaptedLinear):
         # the image tower), so it is kept out of this module's children: no duplicate state-dict keys.
         object.__setattr__(self, "_pool", pool)
         self.last_top1: torch.Tensor | None = None
+        self.selection = selection
+        self.seed = int(seed)
+        self._generator: torch.Generator | None = None
 
     @property
     def pool(self) -> KnowledgePool:
         return self._pool
 
+    def _random_classes(self, batch: int, device: torch.device) -> torch.Tensor:
+        """r distinct classes per image, uniformly at random, from this layer's own seeded generator."""
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        scores = torch.rand(batch, self.pool.num_classes, generator=self._generator, device=device)
+        return scores.topk(self.rank, dim=-1).indices
+
     def select(self, x: torch.Tensor, pool_rows: torch.Tensor) -> torch.Tensor:
-        """Top_r class indices (batch, r) for the inputs x (batch, tokens, in); no gradient, float32 even
-        under autocast (a bf16 similarity could reorder near-equal classes)."""
+        """The class indices (batch, r) of each input of x (batch, tokens, in), by ``selection``. Top_r:
+        no gradient, float32 even under autocast (a bf16 similarity could reorder near-equal classes)."""
+        if self.selection == "fixed":
+            return torch.arange(self.rank, device=x.device).expand(x.shape[0], self.rank)
+        if self.selection == "random":
+            return self._random_classes(x.shape[0], x.device)
         with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
             # query: L2-normalised mean of the patch tokens (CLS at index 0 excluded)
             query = F.normalize(x[:, 1:].float().mean(dim=1), dim=-1)
@@ -218,7 +247,16 @@ class CLoRALinear(_AdaptedLinear):
         return torch.baddbmm(base, down.to(base.dtype), up.to(base.dtype), alpha=self.scaling)
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling:.4g}"
+        return (
+            f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling:.4g}, selection={self.selection!r}"
+        )
+
+
+def _check_selection(selection: str) -> None:
+    if selection not in SELECTIONS:
+        raise ValueError(
+            f"unknown selection {selection!r}: allowed selections are {', '.join(map(repr, SELECTIONS))}"
+        )
 
 
 def adapters(module: nn.Module) -> list[tuple[str, LoRALinear | CLoRALinear]]:
@@ -277,6 +315,8 @@ def apply_adapter(
     strength: float = DEFAULT_STRENGTH,
     knowledge: torch.Tensor | None = None,
     rank_stabilised: bool = True,
+    selection: str = "topr",
+    selection_seed: int | None = None,
 ) -> list[nn.Parameter]:
     """Insert LoRA or CLoRA adapters into the image tower of ``backbone``, in place.
 
@@ -290,6 +330,10 @@ def apply_adapter(
     strength : α; the update is scaled by α/√r (CLoRA always; LoRA with ``rank_stabilised``) or α/r.
     knowledge : CLoRA only: the class-text knowledge K (C × embed).
     rank_stabilised : LoRA only; ``True`` (default) follows the release, which uses α/√r.
+    selection : CLoRA only: ``"topr"`` (default, the paper), ``"random"`` or ``"fixed"``
+        (:class:`CLoRALinear`). ``selection_seed`` seeds ``"random"``; None draws it from torch's global
+        RNG (seeded runs stay reproducible). Every layer gets the same seed, so the projections of one
+        block draw the same classes, as Top_r picks the same for their shared input.
 
     Returns
     -------
@@ -311,6 +355,9 @@ def apply_adapter(
         raise ValueError(f"strength must be a finite number, got {strength!r}")
     if kind == "lora" and knowledge is not None:
         raise ValueError("knowledge is only used by kind='clora'; pass knowledge=None for plain LoRA")
+    _check_selection(selection)
+    if kind == "lora" and selection != "topr":
+        raise ValueError(f"selection={selection!r} is CLoRA's; plain LoRA selects nothing: use 'topr'")
     if kind == "clora":
         if knowledge is None:
             raise ValueError("kind='clora' needs knowledge: the class-text embeddings K (classes × embed)")
@@ -339,6 +386,8 @@ def apply_adapter(
     if kind == "clora":
         device = backbone.blocks[0].attn.q_proj.weight.device
         pool = KnowledgePool(knowledge, backbone.width).to(device)  # validates K before any change
+    if selection == "random" and selection_seed is None:
+        selection_seed = int(torch.randint(0, 2**31 - 1, ()).item())
     backbone.model.requires_grad_(False)
     params: list[nn.Parameter] = []
     for b in block_ids:
@@ -349,7 +398,7 @@ def apply_adapter(
                 layer: nn.Module = LoRALinear(base, rank, strength, rank_stabilised=rank_stabilised)
                 params += [layer.lora_A, layer.lora_B]
             else:
-                layer = CLoRALinear(base, pool, rank, strength)
+                layer = CLoRALinear(base, pool, rank, strength, selection, selection_seed or 0)
                 params.append(layer.lora_A)
             setattr(attn, TARGETS[t], layer)
     if pool is not None:

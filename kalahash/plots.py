@@ -80,15 +80,32 @@ def save_table(
     out_dir: str | os.PathLike = "figures",
     extra: Mapping[str, Any] | None = None,
     write_json: bool = True,
+    markdown: bool = False,
 ) -> Path:
-    """Write a table as CSV (atomic), with a JSON provenance sidecar unless told otherwise."""
+    """Write a table as CSV (atomic), with a JSON provenance sidecar unless told otherwise, and with
+    ``markdown`` also as ``name``.md (:func:`markdown_table`), for a README or a paper draft."""
     out = Path(out_dir)
     path = out / f"{name}.csv"
     atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+    if markdown:
+        atomic_write_text(out / f"{name}.md", markdown_table(table) + "\n")
     if write_json:
         info = _sidecar(table, extra)
         atomic_write_text(out / f"{name}.json", json.dumps(info, indent=2, default=str))
     return path
+
+
+def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
+    """A GitHub-flavoured markdown table of ``table`` (its index left out), floats to ``digits``."""
+
+    def cell(value: Any) -> str:
+        text = f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    header = [cell(c) for c in table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
 
 
 def bar_by_method(summary: pd.DataFrame, title: str, value: str = "mean", error: str = "std") -> plt.Figure:
@@ -104,10 +121,12 @@ def bar_by_method(summary: pd.DataFrame, title: str, value: str = "mean", error:
     return fig
 
 
-def shot_scaling(summary: pd.DataFrame, title: str, value: str = "mean", error: str = "std") -> plt.Figure:
-    """mAP against shots per class (log scale), one line per method, error bars over seeds."""
+def shot_scaling(
+    summary: pd.DataFrame, title: str, value: str = "mean", error: str = "std", series: str = "method"
+) -> plt.Figure:
+    """mAP against shots per class (log scale), one line per ``series`` (method), error bars over seeds."""
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    for method, group in summary.groupby("method", sort=False):
+    for method, group in summary.groupby(series, sort=False):
         group = group.sort_values("shots")
         ax.errorbar(group["shots"], group[value], yerr=group[error], marker="o", capsize=3, label=method)
     ax.set_xscale("log", base=2)
@@ -166,6 +185,24 @@ def plot_history(
     return fig
 
 
+def plot_run_history(row: Mapping[str, Any], workdir: str | os.PathLike, num_classes: int) -> plt.Figure:
+    """:func:`plot_history` of one results row's run (its file under ``workdir``), titled with the run and
+    its flags, with the class line and the divergence bound drawn. A run stored before histories were
+    kept gets empty panels that say so."""
+    from .history import read_history, w_bound
+
+    history = read_history(workdir, row["config_id"], missing_ok=True)
+    flags = row.get("flags")
+    flags = flags if isinstance(flags, str) and flags else "none"
+    what = ", ".join(f"{k} {row[k]}" for k in ("method", "knowledge", "shots", "seed") if k in row)
+    return plot_history(
+        history,
+        title=f"{what}; flags: {flags}",
+        num_classes=num_classes,
+        w_limit=w_bound(int(row["bits"]), num_classes),
+    )
+
+
 def _require_columns(table: pd.DataFrame, name: str, columns: Iterable[str]) -> None:
     missing = [c for c in columns if c not in table]
     if missing:
@@ -221,24 +258,6 @@ def backbone_scaling(
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-def plot_run_history(row: Mapping[str, Any], workdir: str | os.PathLike, num_classes: int) -> plt.Figure:
-    """:func:`plot_history` of one results row's run (its file under ``workdir``), titled with the run and
-    its flags, with the class line and the divergence bound drawn. A run stored before histories were
-    kept gets empty panels that say so."""
-    from .history import read_history, w_bound
-
-    history = read_history(workdir, row["config_id"], missing_ok=True)
-    flags = row.get("flags")
-    flags = flags if isinstance(flags, str) and flags else "none"
-    what = ", ".join(f"{k} {row[k]}" for k in ("method", "knowledge", "shots", "seed") if k in row)
-    return plot_history(
-        history,
-        title=f"{what}; flags: {flags}",
-        num_classes=num_classes,
-        w_limit=w_bound(int(row["bits"]), num_classes),
-    )
 
 
 def _mean_std(rows: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
@@ -337,4 +356,29 @@ def umap_grid(
         if title:
             fig.suptitle(title)
         fig.tight_layout(rect=(0, 0, 0.85, 1))
+    return fig
+
+
+def bar_panels(
+    summary: pd.DataFrame,
+    title: str,
+    panel: str,
+    label: str = "variant",
+    value: str = "mean",
+    error: str | None = "std",
+    ylabel: str = "mAP",
+) -> plt.Figure:
+    """One small bar chart per value of ``panel`` (an ablation, a loss, a measure), a bar per ``label``,
+    error bars over seeds; each panel keeps its own y scale."""
+    panels = list(dict.fromkeys(summary[panel]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 0.6, 3.4), squeeze=False)
+    for ax, name in zip(axes[0], panels, strict=True):
+        part = summary[summary[panel] == name]
+        ax.bar(range(len(part)), part[value], yerr=part[error] if error else None, capsize=3, color="#4C72B0")
+        ax.set_xticks(range(len(part)), part[label], rotation=45, ha="right", fontsize=7)
+        ax.set_title(str(name), fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    axes[0][0].set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return fig

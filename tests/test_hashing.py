@@ -24,6 +24,7 @@ from kalahash.hashing import (
     kiddo_objective,
     mdsh_centers,
 )
+from kalahash.lora import adapters
 
 CLASSES = ["cat", "dog", "car", "ship"]
 
@@ -334,6 +335,21 @@ def test_fresh_lora_hasher_sees_the_frozen_features_and_merges_exactly():
     torch.testing.assert_close(hasher(x), adapted, atol=0, rtol=0)  # the original is untouched
 
 
+@pytest.mark.parametrize("selection", ["random", "fixed"])
+def test_selection_hparam_reaches_every_clora_layer_and_topr_stays_bit_identical(selection):
+    x = images()
+    default = build_hasher("kalahash", fresh_tiny(), CLASSES, 16, rank=2)
+    rng_after_default = torch.get_rng_state()
+    topr = build_hasher("kalahash", fresh_tiny(), CLASSES, 16, rank=2, selection="topr")
+    assert torch.equal(torch.get_rng_state(), rng_after_default)  # no extra draw: training is unchanged
+    other = build_hasher("kalahash", fresh_tiny(), CLASSES, 16, rank=2, selection=selection)
+    assert default.hparams["selection"] == "topr" and other.hparams["selection"] == selection
+    assert {m.selection for _, m in adapters(other.visual)} == {selection}
+    with torch.no_grad():
+        assert torch.equal(topr(x), default(x))
+        assert not torch.equal(other(x), default(x))
+
+
 def test_clora_hasher_with_zero_A_sees_the_frozen_features():
     reference = fresh_tiny()
     hasher = build_hasher("clora", fresh_tiny(), CLASSES, 16, rank=2)
@@ -495,6 +511,7 @@ def test_encode_autocast_and_api_attributes():
         (("lb", CLASSES, 16), {"adapter": "clora"}, "use method 'clora' or 'kalahash'"),
         (("lb", CLASSES, 16), {"loss": "csq", "loss_options": {"eta": 1}}, r"unknown loss_options 'eta'"),
         (("kalahash", CLASSES, 16), {"rank": 2, "kiddo_alpha": 0}, "kiddo_alpha must be > 0"),
+        (("kalahash", CLASSES, 16), {"rank": 2, "selection": "top"}, r"unknown selection 'top'.*'topr'"),
     ],
 )
 def test_build_hasher_bad_input(tiny_backbone, args, kwargs, message):

@@ -1,4 +1,5 @@
-"""The import direction of the package: data → backbones → adapters → hashing → train → experiments → cli.
+"""The import direction of the package: data → backbones → adapters → hashing → train → experiments →
+studies → cli.
 
 Every module of ``kalahash`` has a layer; a module may import only from layers strictly below its own
 (or from inside its own package). Imports under ``if TYPE_CHECKING:`` are for type hints only and are
@@ -42,7 +43,11 @@ LAYERS = {
     "embeddings": 6,
     "experiments": 7,
     "pretrain": 7,
-    "cli": 8,
+    # the notebooks' studies, measurements and runner: above the runs they make
+    "studies": 8,
+    "efficiency": 8,
+    "reproduce": 8,
+    "cli": 9,
 }
 
 

@@ -152,6 +152,60 @@ def test_clora_under_bf16_autocast_is_finite():
     assert out.shape == (2, 5, 8) and torch.isfinite(out.float()).all()
 
 
+def test_topr_selection_is_the_default_and_unchanged():
+    """selection="topr" is the paper's Top_r, bit for bit: same output as the default layer, same
+    indices as the similarity ranking, and no draw from the global RNG."""
+    pool = KnowledgePool(torch.randn(6, 10, generator=torch.Generator().manual_seed(0)), 8)
+    base = nn.Linear(8, 8)
+    torch.manual_seed(1)
+    default = CLoRALinear(base, pool, rank=3, alpha=0.8)
+    torch.manual_seed(1)
+    topr = CLoRALinear(base, pool, rank=3, alpha=0.8, selection="topr")
+    x = torch.randn(5, 7, 8)
+    state = torch.get_rng_state()
+    assert torch.equal(topr(x), default(x))
+    assert torch.equal(torch.get_rng_state(), state)
+    query = torch.nn.functional.normalize(x[:, 1:].mean(1), dim=-1)
+    keys = torch.nn.functional.normalize(pool().detach(), dim=-1)
+    assert torch.equal(topr.select(x, pool()), (query @ keys.t()).topk(3, dim=-1).indices)
+
+
+def test_fixed_selection_takes_the_first_r_classes_for_every_image():
+    layer = CLoRALinear(nn.Linear(8, 8), identity_pool(classes=4), rank=2, alpha=1.0, selection="fixed")
+    x = torch.randn(3, 5, 8)
+    assert layer.select(x, layer.pool()).tolist() == [[0, 1]] * 3
+    assert layer.select(-x, layer.pool()).tolist() == [[0, 1]] * 3  # whatever the tokens
+
+
+def test_random_selection_draws_distinct_classes_per_image_from_its_seed():
+    def layer(seed: int) -> CLoRALinear:
+        pool = KnowledgePool(torch.randn(6, 10), 8)
+        return CLoRALinear(nn.Linear(8, 8), pool, rank=3, alpha=1.0, selection="random", seed=seed)
+
+    x = torch.randn(40, 5, 8)
+    a, b, other = layer(7), layer(7), layer(8)
+    first = a.select(x, a.pool())
+    assert first.shape == (40, 3) and first.min() >= 0 and first.max() < 6
+    assert all(len(set(row)) == 3 for row in first.tolist())  # distinct classes per image
+    assert len({tuple(sorted(row)) for row in first.tolist()}) > 1  # not the same for every image
+    second = a.select(x, a.pool())
+    assert not torch.equal(first, second)  # a new draw at every forward
+    assert torch.equal(b.select(x, b.pool()), first)  # same seed, same draws
+    assert not torch.equal(other.select(x, other.pool()), first)
+    assert torch.equal(b.select(-x, b.pool()), second)  # the tokens play no part
+
+
+def test_apply_random_selection_shares_one_seed_between_the_projections():
+    backbone = fresh_tiny()
+    torch.manual_seed(3)
+    apply_adapter(backbone, "clora", rank=2, knowledge=torch.randn(5, 64), selection="random")
+    layers = [m for _, m in adapters(backbone.visual)]
+    assert {m.selection for m in layers} == {"random"} and len({m.seed for m in layers}) == 1
+    x = torch.randn(4, 3, backbone.width)
+    k, v = (m.select(x, m.pool()) for m in layers)
+    assert torch.equal(k, v)  # as Top_r picks the same classes for the shared input
+
+
 # --------------------------------------------------------------------------------------- apply_adapter
 
 
@@ -197,6 +251,11 @@ def test_apply_lora_fresh_equals_frozen_and_merges_exactly():
         ({"kind": "clora", "knowledge": torch.empty(0, 64), "rank": 1}, "knowledge is empty"),
         ({"kind": "clora", "rank": 1}, "needs knowledge"),
         ({"kind": "lora", "knowledge": torch.randn(3, 64)}, "only used by kind='clora'"),
+        ({"kind": "lora", "selection": "random"}, "selection='random' is CLoRA's"),
+        (
+            {"kind": "clora", "rank": 1, "knowledge": torch.randn(3, 64), "selection": "best"},
+            "unknown selection",
+        ),
     ],
 )
 def test_apply_adapter_bad_input(tiny_backbone, kwargs, message):

@@ -18,6 +18,7 @@ from kalahash.lora import (
     DEFAULT_RANK,
     DEFAULT_STRENGTH,
     DEFAULT_TARGETS,
+    SELECTIONS,
     normalise_blocks,
     normalise_targets,
 )
@@ -47,6 +48,7 @@ HPARAMS: dict[str, Any] = {
     "adapter": None,
     "rank": DEFAULT_RANK,
     "strength": DEFAULT_STRENGTH,
+    "selection": "topr",
     "blocks": list(DEFAULT_BLOCKS),
     "targets": list(DEFAULT_TARGETS),
     "rank_stabilised": True,
@@ -120,6 +122,10 @@ def _resolve_hparams(method: str, hparams: dict[str, Any]) -> dict[str, Any]:
     if isinstance(hp["rank"], bool) or not isinstance(hp["rank"], int) or hp["rank"] <= 0:
         raise ValueError(f"rank must be a positive int, got {hp['rank']!r}")
     hp["strength"] = _check_number("strength", hp["strength"])
+    if hp["selection"] not in SELECTIONS:
+        raise ValueError(
+            f"unknown selection {hp['selection']!r}: allowed selections are {_names(SELECTIONS)}"
+        )
     blocks = hp["blocks"]
     hp["blocks"] = [blocks] if isinstance(blocks, int) and not isinstance(blocks, bool) else list(blocks)
     targets = hp["targets"]
@@ -217,6 +223,8 @@ def build_hasher(
     **hparams :
         ``rank`` (8) r of LoRA/CLoRA; for CLoRA 1 ≤ r ≤ C (it is also the number of selected classes).
         ``strength`` (0.5) α of LoRA/CLoRA; scaling α/√r.
+        ``selection`` ("topr", the paper) how CLoRA picks its r classes per image; ``"random"`` and
+        ``"fixed"`` are the ablation's controls (:class:`kalahash.lora.CLoRALinear`).
         ``blocks`` ([-1]) image-tower blocks that get adapters (recorded in ``hparams`` as non-negative
         indices); ``targets`` (["k", "v"]) ⊆ q, k, v, o.
         ``rank_stabilised`` (True) plain LoRA only: α/√r as the release; False gives α/r.

@@ -81,6 +81,7 @@ class Hasher(nn.Module):
                 strength=hparams["strength"],
                 knowledge=knowledge if hparams["adapter"] == "clora" else None,
                 rank_stabilised=hparams["rank_stabilised"] if hparams["adapter"] == "lora" else True,
+                selection=hparams["selection"] if hparams["adapter"] == "clora" else "topr",
             )
         if self.finetune:
             backbone.visual.requires_grad_(True)

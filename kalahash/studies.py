@@ -1,0 +1,354 @@
+"""The paper's tables as data: which runs each study makes, and the tidy tables its rows give.
+
+A study is a list of :class:`Arm` s: a label (what the table calls it) and the :class:`ExperimentConfig`
+it runs, one arm per seed. Notebooks take their settings from :func:`study_settings`, build the arms
+(:func:`main_grid`, :func:`shot_scaling_grid`, :func:`ablation_grid`, :func:`plug_and_play_grid`),
+run them with :func:`run_arms` (a stored result is reused, so a study shares runs with the others)
+and turn the rows into tables (:func:`tie_table`, :func:`main_table`, :func:`main_table_wide`,
+:func:`plug_and_play_table`). An arm that changes nothing of the paper's setting overrides nothing,
+so it is the same run, with the same ``config_id``, as the plain method in every other notebook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import pandas as pd
+
+from .experiments import PROFILES, ExperimentConfig, _as_list, notebook_settings, run_experiment, summarize
+
+MAIN_DATASETS = ("cifar10", "nuswide", "coco")
+MAIN_BITS = (16, 32, 64)
+PLUG_LOSSES = ("dpsh", "hashnet", "csq", "orthohash", "mdsh")
+TIE_RULES = ("index", "average")
+KIDDO_WEIGHTS = ("kiddo_alpha", "kiddo_beta", "kiddo_gamma")
+ABLATIONS = ("components", "selection", "rank", "strength", "loss_weights", "placement", "knowledge")
+
+# What each study runs in each profile, on top of the profile itself (kalahash.experiments.PROFILES).
+# The smoke sizes keep CI in its budget on 2 cores; study_settings()["reduced"] says what they leave out.
+STUDY_SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "main": {
+        "smoke": {"bits": [16, 32, 64], "shots": [1, 4]},
+        "paper": {"bits": list(MAIN_BITS), "datasets": list(MAIN_DATASETS)},
+    },
+    "shots": {"smoke": {"mdsh_fft_shots": [1, 2, 4]}, "paper": {}},
+    "ablations": {
+        "smoke": {"shots": [1], "ablations": list(ABLATIONS)},
+        "paper": {"shots": [1], "ablations": list(ABLATIONS)},
+    },
+    "plug_and_play": {
+        "smoke": {"shots": [1], "losses": list(PLUG_LOSSES)},
+        "paper": {"shots": [1], "losses": list(PLUG_LOSSES)},
+    },
+    "efficiency": {
+        "smoke": {"train_shots": 8, "timed_epochs": 3, "methods": ["lb", "fft", "lora", "clora", "kalahash"]},
+        "paper": {"train_shots": 8, "timed_epochs": 3, "methods": ["lb", "fft", "lora", "clora", "kalahash"]},
+    },
+}
+# The settings each study's size is told in, to compare with the paper's.
+_STUDY_KEYS = {
+    "main": ("datasets", "bits", "shots", "seeds", "epochs"),
+    "shots": ("scaling_shots", "mdsh_fft_shots", "seeds", "epochs"),
+    "ablations": ("shots", "seeds", "epochs"),
+    "plug_and_play": ("shots", "seeds", "epochs"),
+    "efficiency": (),
+}
+_LIST_KEYS = ("datasets", "bits", "mdsh_fft_shots", "ranks", "strengths", "losses", "ablations")
+
+# The values the ablations try; the setting's own preset value is always added, so the paper's arm is
+# the plain method's run.
+RANKS = (1, 2, 4, 8)
+STRENGTHS = (0.1, 0.3, 0.5, 1.0)
+LOSS_WEIGHTS = {
+    "kiddo_alpha": (0.01, 0.1, 1.0),
+    "kiddo_beta": (0.0, 0.1, 1.0, 3.0),
+    "kiddo_gamma": (0.0, 1.0, 3.0),
+}
+# KIDDO's weights as the release names them (α is CLoRA's strength here)
+_WEIGHT_NAMES = {"kiddo_alpha": "ALPHA", "kiddo_beta": "BETA", "kiddo_gamma": "GAMMA"}
+PLACEMENTS = (
+    ("last block, k v (paper)", {}),
+    ("last block, q v", {"targets": ["q", "v"]}),
+    ("last block, q k v o", {"targets": ["q", "k", "v", "o"]}),
+    ("last 2 blocks, k v", {"blocks": [-2, -1]}),
+    ("last 4 blocks, k v", {"blocks": [-4, -3, -2, -1]}),
+)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One run of a study: ``study`` (e.g. "rank"), ``label`` (e.g. "r=4") and its configuration."""
+
+    study: str
+    label: str
+    config: ExperimentConfig
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Settings
+
+
+def _text(values: Any) -> str:
+    return ", ".join(map(str, values)) if isinstance(values, list | tuple) else str(values)
+
+
+def _reductions(study: str, settings: Mapping[str, Any]) -> str:
+    """Where this study's size is not the paper's, in words ("" when it is)."""
+    paper = {**PROFILES["paper"], **STUDY_SIZES[study]["paper"]}
+    paper.setdefault("datasets", [paper["dataset"]])
+    paper.setdefault("mdsh_fft_shots", paper["scaling_shots"])
+    smaller = [
+        f"{key.replace('_', ' ')} {_text(settings[key])} (paper: {_text(paper[key])})"
+        for key in _STUDY_KEYS[study]
+        if key in settings and settings[key] != paper[key]
+    ]
+    return "not the paper's setting: " + "; ".join(smaller) if smaller else ""
+
+
+def study_settings(study: str, profile: str = "auto", **given: Any) -> dict[str, Any]:
+    """A study notebook's settings: :func:`notebook_settings` with the study's size for the profile
+        (:data:`STUDY_SIZES`) between the profile and the parameters given.
+
+        ``datasets`` (the main table's) defaults to the study's list, or to ``[dataset]`` when a data set is
+        given or the profile has one data set. ``reduced`` says in words where the size is not the paper's
+    (what the smoke profile leaves out).
+    """
+    from .data import resolve_dataset_name
+
+    if study not in STUDY_SIZES:
+        raise ValueError(f"unknown study {study!r}; choose one of {', '.join(STUDY_SIZES)}")
+    chosen = {k: v for k, v in given.items() if v is not None}
+    resolved = notebook_settings(profile, dataset=chosen.get("dataset"))["profile"]
+    sizes = STUDY_SIZES[study][resolved]
+    settings = notebook_settings(resolved, **{**sizes, **chosen})
+    for key in _LIST_KEYS:
+        if settings.get(key) is not None:
+            settings[key] = _as_list(key, settings[key])
+    if "datasets" not in chosen:
+        settings["datasets"] = sizes.get("datasets") if "dataset" not in chosen else None
+    settings["datasets"] = [resolve_dataset_name(d) for d in settings["datasets"] or [settings["dataset"]]]
+    if study == "shots" and settings.get("mdsh_fft_shots") is None:
+        settings["mdsh_fft_shots"] = settings["scaling_shots"]
+    settings["reduced"] = _reductions(study, settings)
+    return settings
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Grids
+
+
+def base_config(settings: Mapping[str, Any], **changes: Any) -> ExperimentConfig:
+    """The configuration the settings describe (data set, backbone, weights, epochs), with ``changes``."""
+    values = {
+        "dataset": settings["dataset"],
+        "data_root": settings.get("data_root"),
+        "backbone": settings["backbone"],
+        "pretrained": settings.get("pretrained"),
+        "epochs": settings["epochs"],
+        **changes,
+    }
+    return ExperimentConfig(**values)
+
+
+def _arms(study: str, label: str, base: ExperimentConfig, seeds: Iterable[int], **changes: Any) -> list[Arm]:
+    """One arm per seed; ``changes`` must be fields of ExperimentConfig (a field this version lacks,
+    such as a control added later, is named in a ValueError)."""
+    missing = sorted(set(changes) - {f.name for f in fields(ExperimentConfig)})
+    if missing:
+        raise ValueError(
+            f"study {study!r} arm {label!r} needs ExperimentConfig field(s) {', '.join(missing)}, "
+            "which this version of kalahash does not have"
+        )
+    return [Arm(study, label, replace(base, seed=int(seed), **changes)) for seed in seeds]
+
+
+def _data_root(settings: Mapping[str, Any], dataset: str) -> str | None:
+    if dataset == settings["dataset"]:
+        return settings.get("data_root")
+    return notebook_settings(settings["profile"], dataset=dataset).get("data_root")
+
+
+def main_grid(settings: Mapping[str, Any]) -> list[Arm]:
+    """The main table: data sets × bits × shots × methods × seeds, labelled by method."""
+    arms = []
+    for dataset in settings["datasets"]:
+        root = _data_root(settings, dataset)
+        for bits in _as_list("bits", settings["bits"]):
+            for shots in settings["shots"]:
+                base = base_config(settings, dataset=dataset, data_root=root, bits=bits, shots=shots)
+                for method in settings["methods"]:
+                    arms += _arms("main", method, base, settings["seeds"], method=method)
+    return arms
+
+
+def shot_scaling_grid(settings: Mapping[str, Any], bits: int) -> list[Arm]:
+    """The shot-scaling figure: each method over ``scaling_shots``, and the MDSH-FFT baseline (FFT
+    trained with the MDSH loss) over ``mdsh_fft_shots``."""
+    arms = []
+    for shots in settings["scaling_shots"]:
+        base = base_config(settings, bits=bits, shots=shots)
+        for method in settings["methods"]:
+            arms += _arms("shots", method, base, settings["seeds"], method=method)
+        if shots in settings["mdsh_fft_shots"]:
+            arms += _arms("shots", "mdsh-fft", base, settings["seeds"], method="fft", loss="mdsh")
+    return arms
+
+
+def _preset_value(config: ExperimentConfig, key: str) -> Any:
+    """The value of hyperparameter ``key`` the plain method uses in this setting."""
+    from .hashing.factory import HPARAMS
+
+    hparams, _ = config.resolved_hparams()
+    return hparams.get(key, HPARAMS[key])
+
+
+def _hp(**values: Any) -> dict[str, Any]:
+    return {"hyperparameters": values} if values else {}
+
+
+def _swept(config: ExperimentConfig, key: str, values: Iterable[Any], name: Callable[[Any], str]) -> list:
+    """(label, changes) for each value of hyperparameter ``key`` and the preset's (which changes nothing)."""
+    preset = _preset_value(config, key)
+    return [
+        (name(v) + (" (preset)" if v == preset else ""), _hp() if v == preset else _hp(**{key: v}))
+        for v in sorted({*values, preset})
+    ]
+
+
+def _ablation_variants(
+    name: str, config: ExperimentConfig, settings: Mapping[str, Any]
+) -> list[tuple[str, dict[str, Any]]]:
+    """(label, ExperimentConfig changes) of one ablation around the paper's KALAHash in ``config``."""
+    if name == "components":
+        weights = {k: _preset_value(config, k) for k in KIDDO_WEIGHTS}
+        return [
+            ("LB", {"method": "lb"}),
+            ("+CLoRA", {"method": "clora"}),
+            ("+KIDDO", {"method": "lb", **_hp(kiddo=True, **weights)}),
+            ("+CLoRA +KIDDO", {}),
+        ]
+    if name == "selection":
+        return [("Top_r (paper)", {}), ("random", _hp(selection="random")), ("fixed", _hp(selection="fixed"))]
+    if name == "rank":
+        return _swept(config, "rank", settings.get("ranks") or RANKS, lambda v: f"r={v}")
+    if name == "strength":
+        return _swept(config, "strength", settings.get("strengths") or STRENGTHS, lambda v: f"α={v:g}")
+    if name == "loss_weights":
+        return [
+            variant
+            for key in KIDDO_WEIGHTS
+            for variant in _swept(
+                config, key, LOSS_WEIGHTS[key], lambda v, k=key: f"{_WEIGHT_NAMES[k]}={v:g}"
+            )
+        ]
+    if name == "placement":
+        return [(label, _hp(**values)) for label, values in PLACEMENTS]
+    if name == "knowledge":
+        return [
+            ("true K", {}),
+            ("permuted K", {"knowledge": "permuted"}),
+            ("random K", {"knowledge": "random"}),
+            ("zero-shot codes", {"method": "zeroshot"}),
+        ]
+    raise ValueError(f"unknown ablation {name!r}; choose one of {', '.join(ABLATIONS)}")
+
+
+def ablation_grid(name: str, settings: Mapping[str, Any], bits: int = 16) -> list[Arm]:
+    """The arms of one ablation (:data:`ABLATIONS`) around KALAHash, for each shot count and seed.
+
+    ``components``: LB, +CLoRA, +KIDDO, both; ``selection``: Top_r against random and fixed classes;
+    ``rank``, ``strength``, ``loss_weights`` (α, β, γ one at a time): the preset's value and
+    :data:`RANKS`, :data:`STRENGTHS`, :data:`LOSS_WEIGHTS`; ``placement``: :data:`PLACEMENTS`;
+    ``knowledge``: true, permuted and random K, and the zero-shot codes.
+    """
+    arms = []
+    for shots in settings["shots"]:
+        base = base_config(settings, bits=bits, shots=shots, method="kalahash")
+        for label, changes in _ablation_variants(name, base, settings):
+            arms += _arms(name, label, base, settings["seeds"], **changes)
+    return arms
+
+
+def plug_and_play_grid(settings: Mapping[str, Any], bits: int = 16) -> list[Arm]:
+    """Each hashing loss alone (on LB and on FFT), with CLoRA, and with CLoRA + KIDDO."""
+    variants = (("on LB", "lb"), ("on FFT", "fft"), ("+CLoRA", "clora"), ("+CLoRA +KIDDO", "kalahash"))
+    arms = []
+    for shots in settings["shots"]:
+        base = base_config(settings, bits=bits, shots=shots)
+        for loss in settings["losses"]:
+            for label, method in variants:
+                arms += _arms("plug_and_play", label, base, settings["seeds"], method=method, loss=loss)
+    return arms
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Running and tables
+
+
+def run_arms(arms: Sequence[Arm], **run_options: Any) -> pd.DataFrame:
+    """Run every arm (``run_options`` go to :func:`run_experiment`; stored results are reused) and
+    return their rows, with the arm's ``study`` and ``variant`` (label) in front."""
+    rows = [{"study": a.study, "variant": a.label, **run_experiment(a.config, **run_options)} for a in arms]
+    return pd.DataFrame(rows)
+
+
+def _rule_columns(rule: str) -> list[str]:
+    return [f"mean_{rule}", f"std_{rule}", f"mAP, {rule} ties"]
+
+
+def tie_table(rows: pd.DataFrame, by: Sequence[str] = ("variant",)) -> pd.DataFrame:
+    """Mean ± std over seeds of mAP under both tie rules, per group, in the rows' order: columns
+    ``by``, ``seeds``, ``mean_<rule>``, ``std_<rule>`` and ``mAP, <rule> ties`` (as text), and
+    ``flags`` where :func:`summarize` gives them."""
+    if rows.empty:
+        raise ValueError("rows is empty: run the study first")
+    by = list(by)
+    table = None
+    for rule in TIE_RULES:
+        value = f"map_ties_{rule}"
+        part = summarize(rows, by=by, value=value)
+        part = part.rename(
+            columns=dict(zip(("mean", "std", f"{value} (mean ± std)"), _rule_columns(rule), strict=True))
+        )
+        table = part if table is None else table.merge(part[[*by, *_rule_columns(rule)]], on=by, sort=False)
+    columns = [*by, "seeds", *(c for rule in TIE_RULES for c in _rule_columns(rule))]
+    return table[columns + (["flags"] if "flags" in table else [])]
+
+
+def main_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """The main table, tidy: one line per data set × bits × shots × method, both tie rules."""
+    return tie_table(rows, by=("dataset", "bits", "shots", "method"))
+
+
+def main_table_wide(table: pd.DataFrame, ties: str = "index") -> pd.DataFrame:
+    """The paper's layout of :func:`main_table`: a line per shots × method, a column per data set ×
+    bits, cells "mean ± std" under tie rule ``ties``; flat columns, so it saves as CSV and markdown."""
+    column = table["dataset"] + " · " + table["bits"].astype(str) + " bits"
+    return _wide(table, ["shots", "method"], column, _tie_column(ties))
+
+
+def plug_and_play_table(rows: pd.DataFrame, ties: str = "index") -> pd.DataFrame:
+    """A line per shots × loss, a column per variant: "mean ± std" mAP under tie rule ``ties``."""
+    table = tie_table(rows, by=("shots", "loss", "variant"))
+    return _wide(table, ["shots", "loss"], table["variant"], _tie_column(ties))
+
+
+def _tie_column(ties: str) -> str:
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties must be one of {', '.join(TIE_RULES)}, got {ties!r}")
+    return f"mAP, {ties} ties"
+
+
+def _first_seen(values: Iterable[Any]) -> list[Any]:
+    return list(dict.fromkeys(values))
+
+
+def _wide(table: pd.DataFrame, index: list[str], column: pd.Series, values: str) -> pd.DataFrame:
+    """``values`` pivoted to a line per ``index`` and a column per ``column``, both in first-seen order."""
+    wide = table.assign(_column=column).pivot(index=index, columns="_column", values=values)
+    lines = pd.MultiIndex.from_tuples(_first_seen(zip(*(table[i] for i in index), strict=True)), names=index)
+    wide = wide.reindex(index=lines, columns=_first_seen(column))
+    wide.columns.name = None
+    return wide.reset_index()
