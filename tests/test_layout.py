@@ -19,8 +19,10 @@ PACKAGE = Path(kalahash.__file__).parent
 LAYERS = {
     # utilities that know nothing of the rest
     "fileio": 0,
-    "metrics": 0,
+    "hamming": 0,
     "presets": 0,
+    # the metrics rank with the Hamming engine
+    "metrics": 1,
     "data": 1,
     # the built-in worlds sit above data (they register with it); data never imports them
     "world": 2,
@@ -34,6 +36,8 @@ LAYERS = {
     "train": 6,
     "experiments": 7,
     "pretrain": 7,
+    "search": 7,
+    "codestore": 2,
     "cli": 8,
 }
 
