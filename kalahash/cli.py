@@ -406,10 +406,10 @@ def _add_search_commands(sub: Any) -> None:
     p.add_argument("--checkpoint", default=None, help="default: the checkpoint that made the codes")
     p.add_argument(
         "--engine",
-        default="auto",
-        choices=("auto", "exact", "index"),
-        help="exact: kalahash's Hamming engine; index: the faiss index; auto: an HNSW index if built, "
-        "else exact (default: %(default)s)",
+        default="exact",
+        choices=("exact", "index"),
+        help="exact: kalahash's Hamming engine (faster than faiss's exact index); index: the faiss index "
+        "built by `kalahash index` (default: %(default)s)",
     )
     p.add_argument("--pretrained", default=None, help="backbone weights, if not the ones the codes used")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")

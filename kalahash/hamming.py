@@ -39,6 +39,10 @@ ENGINES = ("numba", "numpy")
 _TILE = 1024
 # Queries sharing one pass over the database (one numba task each).
 _QUERY_BLOCK = 16
+# Query x database pairs from which a top-K call runs its query blocks on several threads.
+_PARALLEL_PAIRS = 2**26
+# Database items sampled to bound the k-th distance when K is a sizeable part of the database.
+_SAMPLE = 4096
 # Distance-matrix bytes per chunk of queries in the numpy path.
 _NUMPY_CHUNK_BYTES = 64 * 2**20
 _warned = False
@@ -117,7 +121,10 @@ def topk(
     index = np.empty((q.shape[0], int(k)), dtype=np.int64)
     distance = np.empty((q.shape[0], int(k)), dtype=np.int32)
     if engine == "numba":
-        _topk_kernel(q, db, int(k), db.shape[0] * db.dtype.itemsize * 8, index, distance)
+        # threads pay off on big calls only: a parallel region waits for its slowest thread
+        parallel = q.shape[0] > _QUERY_BLOCK and q.shape[0] * n_db >= _PARALLEL_PAIRS
+        kernel = _topk_parallel if parallel else _topk_serial
+        kernel(q, db, int(k), db.shape[0] * db.dtype.itemsize * 8, index, distance)
         return index, distance
     step = max(1, _NUMPY_CHUNK_BYTES // (2 * n_db * db.dtype.itemsize + 1))
     for lo in range(0, q.shape[0], step):
@@ -319,37 +326,91 @@ if numba is not None:
                         below -= hist[kth]
             state[j, 0], state[j, 1], state[j, 2] = c, kth, below
 
-    @numba.njit(cache=True, parallel=True)
-    def _topk_kernel(q, db, k, max_distance, out_index, out_dist):
-        n_query = q.shape[0]
+    @numba.njit(cache=True)
+    def _guess_kth(q_row, db, k, max_distance, hist):
+        """A k-th distance bound from a strided sample, set with a margin so that it is almost never
+        too small (the caller notices when it is, and streams that query again without it)."""
+        stride = db.shape[1] // _SAMPLE
+        hist[:] = 0
+        for s in range(_SAMPLE):
+            d = 0
+            for w in range(db.shape[0]):
+                d += _popcnt(q_row[w] ^ db[w, s * stride])
+            hist[d] += 1
+        expected = k * _SAMPLE / db.shape[1]
+        need = expected + 3.0 * np.sqrt(expected) + 1.0
+        seen = 0
+        for t in range(max_distance + 1):
+            seen += hist[t]
+            if seen >= need:
+                return t + 1
+        return max_distance + 1
+
+    @numba.njit(cache=True)
+    def _stream(q, db, q0, k, index, dist, hists, state, tile):
+        """Every database tile against the queries q0, q0 + 1, ... of the buffers."""
         n_db = db.shape[1]
-        cap = min(max(2 * k, k + 256), n_db)
-        n_blocks = (n_query + _QUERY_BLOCK - 1) // _QUERY_BLOCK
         n_full = n_db // _TILE
-        for b in numba.prange(n_blocks):
-            q0 = b * _QUERY_BLOCK
-            nb = min(_QUERY_BLOCK, n_query - q0)
-            index = np.empty((nb, cap), np.int64)
-            dist = np.empty((nb, cap), np.int32)
-            hists = np.zeros((nb, max_distance + 1), np.int64)
-            state = np.zeros((nb, 3), np.int64)  # buffered, k-th distance so far, items closer than it
-            state[:, 1] = max_distance + 1
-            tile = np.empty(_TILE, np.int32)
-            for t in range(n_full):  # full tiles: a constant length the compiler can plan for
-                start = t * _TILE
-                _take_tile(q, db, q0, start, start + _TILE, tile, k, index, dist, hists, state)
-            if n_full * _TILE < n_db:
-                _take_tile(q, db, q0, n_full * _TILE, n_db, tile, k, index, dist, hists, state)
-            scratch = np.empty(max_distance + 1, np.int64)
+        for t in range(n_full):  # full tiles: a constant length the compiler can plan for
+            start = t * _TILE
+            _take_tile(q, db, q0, start, start + _TILE, tile, k, index, dist, hists, state)
+        if n_full * _TILE < n_db:
+            _take_tile(q, db, q0, n_full * _TILE, n_db, tile, k, index, dist, hists, state)
+
+    @numba.njit(cache=True)
+    def _topk_block(q, db, k, max_distance, out_index, out_dist, q0):
+        """The top k of the block of queries starting at q0.
+
+        When k is a sizeable part of the database, a sampled bound on the k-th distance spares most
+        of the early buffering; a query it fails (fewer than k items within it) is streamed again.
+        """
+        n_db = db.shape[1]
+        nb = min(_QUERY_BLOCK, q.shape[0] - q0)
+        cap = min(max(2 * k, k + 256), n_db)
+        index = np.empty((nb, cap), np.int64)
+        dist = np.empty((nb, cap), np.int32)
+        hists = np.zeros((nb, max_distance + 1), np.int64)
+        state = np.zeros((nb, 3), np.int64)  # buffered, k-th distance so far, items closer than it
+        state[:, 1] = max_distance + 1
+        tile = np.empty(_TILE, np.int32)
+        if n_db >= 4 * _SAMPLE and k * _SAMPLE >= 32 * n_db:
             for j in range(nb):
-                c, kth, below = state[j, 0], state[j, 1], state[j, 2]
-                if c > k:
-                    _compact(index[j], dist[j], c, k, kth, below, hists[j])
-                _rank(index[j], dist[j], k, scratch, out_index[q0 + j], out_dist[q0 + j])
+                state[j, 1] = _guess_kth(q[q0 + j], db, k, max_distance, hists[j])
+                hists[j] = 0
+        _stream(q, db, q0, k, index, dist, hists, state, tile)
+        for j in range(nb):
+            if state[j, 0] < k:  # the sampled bound was too small for this query
+                hists[j] = 0
+                state[j, 0], state[j, 1], state[j, 2] = 0, max_distance + 1, 0
+                _stream(
+                    q,
+                    db,
+                    q0 + j,
+                    k,
+                    index[j : j + 1],
+                    dist[j : j + 1],
+                    hists[j : j + 1],
+                    state[j : j + 1],
+                    tile,
+                )
+            c, kth, below = state[j, 0], state[j, 1], state[j, 2]
+            if c > k:
+                _compact(index[j], dist[j], c, k, kth, below, hists[j])
+            _rank(index[j], dist[j], k, hists[j], out_index[q0 + j], out_dist[q0 + j])
+
+    @numba.njit(cache=True)
+    def _topk_serial(q, db, k, max_distance, out_index, out_dist):
+        for q0 in range(0, q.shape[0], _QUERY_BLOCK):
+            _topk_block(q, db, k, max_distance, out_index, out_dist, q0)
 
     @numba.njit(cache=True, parallel=True)
+    def _topk_parallel(q, db, k, max_distance, out_index, out_dist):
+        for b in numba.prange((q.shape[0] + _QUERY_BLOCK - 1) // _QUERY_BLOCK):
+            _topk_block(q, db, k, max_distance, out_index, out_dist, b * _QUERY_BLOCK)
+
+    @numba.njit(cache=True)
     def _distance_kernel(q, db, out):
-        for j in numba.prange(q.shape[0]):
+        for j in range(q.shape[0]):
             row = db[0]
             word = q[j, 0]
             for i in range(row.shape[0]):

@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 INDEX_KINDS = ("flat", "hnsw")
-ENGINES = ("auto", "exact", "index")
+ENGINES = ("exact", "index")
 
 
 @dataclass(frozen=True)
@@ -296,8 +296,8 @@ def build_index(codes: str | os.PathLike, kind: str = "flat", *, neighbors: int 
     """Write a faiss binary index of a codes folder beside it, ``index.faiss`` (CLI: ``kalahash index``).
 
     ``"flat"`` is exact (``IndexBinaryFlat``); ``"hnsw"`` (``IndexBinaryHNSW`` with ``neighbors`` links
-    a node) is approximate and meant for very large sets. Search uses an HNSW index by default once it
-    is built; exact search runs on kalahash's own engine unless ``engine="index"`` asks for faiss.
+    a node) is approximate and meant for very large sets. :func:`search` asks it with
+    ``engine="index"``; by default it ranks exactly with kalahash's own engine, the faster exact path.
     """
     import faiss
 
@@ -324,7 +324,7 @@ def search(
     k: int = 20,
     *,
     checkpoint: str | os.PathLike | None = None,
-    engine: str = "auto",
+    engine: str = "exact",
     pretrained: str | None = None,
     device: str | torch.device | None = None,
 ) -> list[Hit]:
@@ -332,9 +332,10 @@ def search(
     (CLI: ``kalahash search``).
 
     The query is encoded with ``checkpoint`` (default: the one that made the codes); codes made by
-    another model are refused. ``engine``: ``"exact"`` ranks with kalahash's engine (ties by collection
-    order, a query from the collection comes back at distance 0); ``"index"`` asks the faiss index of
-    :func:`build_index`; ``"auto"`` uses an HNSW index when one is built, else the exact engine.
+    another model are refused. ``engine="exact"`` ranks with kalahash's Hamming engine (ties in
+    collection order; a query from the collection comes back at distance 0), which is faster than
+    faiss's exact index (benchmarks/bench_search.py); ``"index"`` asks the faiss index of
+    :func:`build_index` (for an HNSW index: approximate).
     """
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -367,12 +368,12 @@ def search(
 
 
 def _nearest(store: CodeSet, code: np.ndarray, k: int, engine: str) -> tuple[np.ndarray, np.ndarray]:
-    built = store.meta.get("index")
-    if engine == "index" and built is None:
-        raise ValueError(f"no faiss index in {store.folder}: run `kalahash index {store.folder}` first")
-    if engine == "exact" or built is None or (engine == "auto" and built["kind"] != "hnsw"):
+    if engine == "exact":
         index, distance = topk(pack_words(code), np.ascontiguousarray(pack_words(store.codes).T), k)
         return index[0], distance[0]
+    built = store.meta.get("index")
+    if built is None:
+        raise ValueError(f"no faiss index in {store.folder}: run `kalahash index {store.folder}` first")
     import faiss
 
     faiss_index = faiss.read_index_binary(str(store.folder / "index.faiss"))

@@ -67,6 +67,37 @@ def test_skewed_codes_where_the_nearest_come_last():
     assert index.min() > 2500
 
 
+def test_a_sampled_bound_that_is_too_small_is_caught():
+    """K a sizeable part of the database: the k-th distance is bounded from a strided sample. Here the
+    sampled items mislead (a few at 0, the rest at 10; every other item at 5), so the bound admits
+    fewer than K items and the query must be streamed again without it."""
+    n_db, k, bits = 4 * hamming._SAMPLE, 200, 16
+    stride = n_db // hamming._SAMPLE
+    db_bits = np.zeros((n_db, bits), dtype=bool)
+    db_bits[:, :5] = True  # distance 5 from the all-zero query
+    sampled = np.arange(hamming._SAMPLE) * stride
+    db_bits[sampled[100:], :10] = True  # distance 10
+    db_bits[sampled[:100]] = False  # distance 0
+    q_bits = np.zeros((3, bits), dtype=bool)
+    q_bits[2, 0] = True  # a second kind of query: its bound is fine
+    q = pack_words(np.packbits(q_bits, axis=1))
+    db = np.ascontiguousarray(pack_words(np.packbits(db_bits, axis=1)).T)
+    want_index, want_dist, _ = _brute(q_bits, db_bits, k)
+    index, dist = topk(q, db, k)
+    np.testing.assert_array_equal(index, want_index)
+    np.testing.assert_array_equal(dist, want_dist)
+    assert (dist[0] == 0).sum() == 100 and (dist[0] == 5).sum() == 100
+
+
+def test_many_queries_run_on_threads_with_the_same_result(monkeypatch):
+    q, db, q_bits, db_bits = _case(11, n_query=50, n_db=1500, bits=24)
+    serial = topk(q, db, 30)
+    monkeypatch.setattr(hamming, "_PARALLEL_PAIRS", 1)
+    parallel = topk(q, db, 30)
+    np.testing.assert_array_equal(parallel[0], serial[0])
+    np.testing.assert_array_equal(parallel[0], _brute(q_bits, db_bits, 30)[0])
+
+
 @pytest.mark.parametrize("bits", [8, 70, 300])
 def test_distances_match_bruteforce_in_both_engines(bits):
     q, db, q_bits, db_bits = _case(bits, n_query=6, n_db=333, bits=bits)

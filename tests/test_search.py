@@ -136,6 +136,8 @@ def test_search_finds_the_query_and_every_engine_agrees(checkpoints, folder, tmp
     out = tmp_path / "codes"
     encode_folder(checkpoints[0], folder, out, progress=False)
     query = folder / "c2" / "deep" / "05.png"
+    with pytest.raises(ValueError, match=r"no faiss index in .* run `kalahash index"):
+        search(out, query, engine="index")
     hits = search(out, query, k=10)
     assert [h.rank for h in hits] == list(range(1, 11)) and hits[0].distance == 0
     assert query in [h.path for h in hits if h.distance == 0]
@@ -149,8 +151,10 @@ def test_search_finds_the_query_and_every_engine_agrees(checkpoints, folder, tmp
         assert load_codes(out).meta["index"]["kind"] == kind
         by_index = search(out, query, k=10, engine="index")
         assert [h.distance for h in by_index] == [h.distance for h in hits]
-    assert search(out, query, k=100) == search(out, query, k=100, engine="index")  # hnsw serves auto
-    assert len(search(out, query, k=100)) == N_IMAGES
+    assert search(out, query, k=100) == search(out, query, k=100, engine="exact")  # exact serves by default
+    assert len(search(out, query, k=100, engine="index")) == N_IMAGES
+    with pytest.raises(ValueError, match="engine must be one of exact, index"):
+        search(out, query, engine="auto")
 
 
 def test_codes_of_another_model_are_refused(checkpoints, folder, tmp_path):
