@@ -12,8 +12,10 @@ computes the tile's distances with vectorised popcounts, and skips the tile when
 query's current k-th distance: the usual case once a few thousand items have been seen. The few that
 are closer go, in database order, into a small buffer; each lowers the k-th distance as soon as k are
 closer (a running histogram of the buffered distances), and a full buffer is compacted to the exact
-top K so far. The whole ranking costs about one bare XOR + popcount pass (benchmarks/bench_search.py).
-Without numba the same results come from numpy (a stable argsort of the distances), several times
+top K so far. When K is a sizeable part of the database (mAP@5000), a bound on the k-th distance from a
+strided sample spares most of that buffering; a query it misleads is streamed again. The whole ranking
+costs about one bare XOR + popcount pass (benchmarks/bench_search.py). Big calls run their query blocks
+on numba's threads (``NUMBA_NUM_THREADS``). Without numba the same results come from numpy (a stable argsort of the distances), several times
 slower, with a one-time warning. The kernels are untyped: numba compiles one per word width, on first
 use, and caches it on disk.
 """
