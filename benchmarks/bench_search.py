@@ -13,7 +13,8 @@ Default size: 1,000,000 random 64-bit codes, 1,000 queries, top-100 (``--quick``
   is printed too).
 
 Everything runs on ``--threads`` threads (default 1: timings on a shared machine are noisy, and one
-thread keeps the comparison about the algorithms); the fast parts report the best of ``--repeat``.
+thread keeps the comparison about the algorithms); the fast parts report the best of ``--repeat`` runs,
+the bare pass and ours interleaved.
 
     python benchmarks/bench_search.py [--quick] [--threads N]
 """
@@ -36,13 +37,17 @@ from kalahash.hamming import distances, pack_words, topk
 _BARE_CHUNK = 16  # queries per chunk of the bare pass: a 16 x n_db buffer, reused
 
 
-def best_of(repeat: int, fn: Callable[[], Any]) -> tuple[Any, float]:
-    times, value = [], None
+def best_of(repeat: int, *fns: Callable[[], Any]) -> list[tuple[Any, float]]:
+    """(last value, best time) of each function, the runs interleaved so that a slow spell of a shared
+    machine falls on all of them alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    values: list[Any] = [None] * len(fns)
     for _ in range(repeat):
-        start = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - start)
-    return value, min(times)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            values[i] = fn()
+            times[i].append(time.perf_counter() - start)
+    return [(value, min(t)) for value, t in zip(values, times, strict=True)]
 
 
 def bare_numpy(q: np.ndarray, db_row: np.ndarray) -> None:
@@ -68,7 +73,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="100,000 codes and 200 queries")
     parser.add_argument("--threads", type=int, default=1, help="threads for numba and faiss (default: 1)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each fast part; the best counts")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each fast part; the best counts")
     parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node (default: 32)")
     parser.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth (default: 128)")
     args = parser.parse_args()
@@ -89,19 +94,20 @@ def main() -> None:
     topk(q[:2], db, k)  # compile (or load the cached kernels) outside the timings
     bare_numba(q[:2], db)
 
-    _, t_np = best_of(1, lambda: bare_numpy(q, db[0]))
-    _, t_nb = best_of(args.repeat, lambda: bare_numba(q, db))
+    [(_, t_np)] = best_of(1, lambda: bare_numpy(q, db[0]))
+    (_, t_nb), ((ours_i, ours_d), t_ours) = best_of(
+        args.repeat, lambda: bare_numba(q, db), lambda: topk(q, db, k)
+    )
     print(f"bare XOR+popcount pass, numpy : {t_np:8.3f} s (one run)")
-    print(f"bare XOR+popcount pass, numba : {t_nb:8.3f} s (best of {args.repeat})")
-    (ours_i, ours_d), t_ours = best_of(args.repeat, lambda: topk(q, db, k))
+    print(f"bare XOR+popcount pass, numba : {t_nb:8.3f} s (best of {args.repeat}, interleaved with ours)")
     print(f"ours, kalahash.hamming.topk   : {t_ours:8.3f} s (best of {args.repeat}; exact, ties by index)")
     print(
         f"  ours / bare numba = {t_ours / t_nb:.2f} (target <= 1.5); ours / bare numpy = {t_ours / t_np:.2f}"
     )
 
     flat = faiss.IndexBinaryFlat(bits)
-    _, t_add = best_of(1, lambda: flat.add(db_bytes))
-    (flat_d, _), t_flat = best_of(args.repeat, lambda: flat.search(q_bytes, k))
+    [(_, t_add)] = best_of(1, lambda: flat.add(db_bytes))
+    [((flat_d, _), t_flat)] = best_of(args.repeat, lambda: flat.search(q_bytes, k))
     same = np.array_equal(np.sort(flat_d, axis=1), ours_d)
     print(
         f"faiss IndexBinaryFlat         : {t_flat:8.3f} s search (best of {args.repeat}), {t_add:.3f} s add"
@@ -109,9 +115,9 @@ def main() -> None:
     print(f"  faiss flat / ours = {t_flat / t_ours:.2f}; same distances as ours: {'yes' if same else 'NO'}")
 
     hnsw = faiss.IndexBinaryHNSW(bits, args.hnsw_m)
-    _, t_build = best_of(1, lambda: hnsw.add(db_bytes))
+    [(_, t_build)] = best_of(1, lambda: hnsw.add(db_bytes))
     hnsw.hnsw.efSearch = args.ef_search
-    (hnsw_d, hnsw_i), t_hnsw = best_of(args.repeat, lambda: hnsw.search(q_bytes, k))
+    [((hnsw_d, hnsw_i), t_hnsw)] = best_of(args.repeat, lambda: hnsw.search(q_bytes, k))
     kth = ours_d[:, -1:]
     recall = np.minimum(((hnsw_d <= kth) & (hnsw_i >= 0)).sum(axis=1), k).mean() / k
     overlap = np.mean([np.intersect1d(a, b).size / k for a, b in zip(hnsw_i, ours_i, strict=True)])
