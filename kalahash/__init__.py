@@ -1,10 +1,11 @@
 """kalahash: knowledge-anchored low-resource adaptation of CLIP for deep hashing.
 
 Layers, each importing only from those before it (tests/test_layout.py checks this):
-``fileio``/``metrics``/``presets`` → ``data``, ``history`` (run histories and flags) → ``world`` (built-in worlds, registered with data),
-``backbones`` → ``lora`` (adapters) → ``hashing`` (heads, losses, KIDDO, the hasher) → ``cache``,
-``checkpoints``, ``plots`` → ``train`` → ``experiments``, ``pretrain`` → ``studies``, ``efficiency``,
-``reproduce`` (what the notebooks run) → ``cli`` (and the notebooks).
+``fileio``/``hamming`` (the Hamming ranking engine)/``presets`` → ``metrics``, ``data``, ``history`` (run
+histories and flags) → ``world`` (built-in worlds, registered with data), ``backbones`` → ``lora`` (adapters) →
+``hashing`` (heads, losses, KIDDO, the hasher) → ``cache``, ``checkpoints``, ``plots`` → ``train`` →
+``experiments``, ``pretrain``, ``search`` → ``studies``, ``efficiency``, ``reproduce`` (what the notebooks
+run) → ``cli`` (and the notebooks).
 """
 
 __version__ = "0.1.0"

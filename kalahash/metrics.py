@@ -5,9 +5,10 @@ they share at least one label, and the database is ranked by Hamming distance ``
 
 Why the machinery below: the per-query loop of the released code (matmul, full sort, cumsum) costs
 ~40 ms per query at NUS-WIDE scale. Here codes are packed into machine words, distances come from
-XOR + popcount (exact small integers), queries are processed in chunks sized from a memory budget, and
-for mAP@K with K much smaller than the database only the items at or below the K-th distance are ever
-sorted.
+XOR + popcount (exact small integers), and queries are processed in chunks sized from a memory budget.
+The top-K ranking with index ties is the Hamming engine's (:func:`kalahash.hamming.topk`, the one image
+search uses); the averaged-ties expectation counts the distance buckets up to the K-th distance, so only
+the items at or below it are ever sorted.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ from typing import Any
 import numpy as np
 from scipy.special import digamma, gammaln
 
+from .hamming import (
+    _popcount_table,  # noqa: F401  (the byte-table popcount, tested through this module)
+    distances,
+    pack_words,
+    topk,
+)
+
 __all__ = ["mean_average_precision", "precision_at_k", "precision_recall_curve", "silhouette_100"]
 
 TIES = ("index", "average")
@@ -26,6 +34,9 @@ TIES = ("index", "average")
 # Working memory per chunk of queries. The estimate is rough (numpy temporaries), so the real peak is a
 # small multiple of it; small chunks also stay closer to the caches and cost nothing in Python overhead.
 _CHUNK_BYTES = 64 * 2**20
+# Bytes per query and top-K slot of the engine's ranking: its buffers (2K ids and distances), the ranked
+# ids and distances, and the relevance of each ranked item.
+_TOPK_BYTES = 60
 # Above this fraction of the database, selecting candidates first costs more than sorting every row.
 _DENSE_FRACTION = 0.25
 # Database columns sampled to guess each query's K-th smallest distance (the guess is then verified).
@@ -146,34 +157,24 @@ class _Retrieval:
 
     # -- distances and relevance ---------------------------------------------------------------------
 
-    def chunks(self, bytes_per_row: int) -> Iterator[slice]:
-        """Query slices sized from the memory budget (and small enough for uint16 sort keys).
+    def chunks(self, bytes_per_row: int, full_rows: bool = True) -> Iterator[slice]:
+        """Query slices sized from the memory budget.
 
-        The per-chunk buffers are allocated once and reused: fresh multi-megabyte arrays on every chunk
-        cost as much in page faults as the popcount itself.
+        With ``full_rows`` (every distance of a chunk is computed) the per-chunk buffers are allocated
+        once and reused: fresh multi-megabyte arrays on every chunk cost as much in page faults as the
+        popcount itself. The engine's top-K needs none.
         """
-        size = max(1, _CHUNK_BYTES // max(bytes_per_row, 1))
-        size = min(size, self.n_query, max(1, 65535 // (2 * (self.bits + 1))))
-        self._xor = np.empty((size, self.n_db), dtype=self.db_words.dtype)
-        self._dist = np.empty((size, self.n_db), dtype=self.dist_dtype)
-        self._mask = np.empty((size, self.n_db), dtype=np.bool_)
+        size = min(max(1, _CHUNK_BYTES // max(bytes_per_row, 1)), self.n_query)
+        if full_rows:
+            self._dist = np.empty((size, self.n_db), dtype=self.dist_dtype)
+            self._mask = np.empty((size, self.n_db), dtype=np.bool_)
         for start in range(0, self.n_query, size):
             yield slice(start, min(start + size, self.n_query))
 
     def hamming(self, rows: slice) -> np.ndarray:
         """Exact Hamming distances (chunk, n_db) by XOR + popcount over packed words (a reused buffer)."""
         q = self.q_words[rows]
-        buf = self._xor[: q.shape[0]]
-        dist = self._dist[: q.shape[0]]
-        np.bitwise_xor(q[:, 0, None], self.db_words[0][None, :], out=buf)
-        _popcount(buf, out=dist)
-        if self.db_words.shape[0] > 1:
-            count = np.empty(dist.shape, dtype=np.uint8)
-            for w in range(1, self.db_words.shape[0]):
-                np.bitwise_xor(q[:, w, None], self.db_words[w][None, :], out=buf)
-                _popcount(buf, out=count)
-                np.add(dist, count, out=dist)
-        return dist
+        return distances(q, self.db_words, out=self._dist[: q.shape[0]])
 
     def relevant(self, query_rows: np.ndarray, db_items: np.ndarray) -> np.ndarray:
         """Relevance (share >= 1 label) for broadcastable arrays of query and database indices."""
@@ -184,20 +185,8 @@ class _Retrieval:
 
     def topk_relevance(self, rows: slice, k: int) -> np.ndarray:
         """(chunk, k) relevance of the ranked top-k items (k <= n_db), ties broken by database index."""
-        dist = self.hamming(rows)
-        query_rows = np.arange(rows.start, rows.stop)[:, None]
-        if k >= _DENSE_FRACTION * self.n_db:
-            # numpy's stable sort on uint8/uint16 keys is a radix sort: linear, and keeps index order.
-            order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-            return self.relevant(query_rows, order)
-        row, item, d, counts = self._candidates(dist, k)
-        # Candidates arrive in (row, index) order; a stable radix sort on (row, distance) gives the ranking.
-        key = (row * (self.bits + 1) + d).astype(np.uint16)
-        order = np.argsort(key, kind="stable")
-        starts = np.cumsum(counts) - counts
-        rank_in_row = np.arange(order.size) - np.repeat(starts, counts)
-        top = item[order[rank_in_row < k]].reshape(dist.shape[0], k)
-        return self.relevant(query_rows, top)
+        top, _ = topk(self.q_words[rows], self.db_words, k)
+        return self.relevant(np.arange(rows.start, rows.stop)[:, None], top)
 
     def _candidates(self, dist: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
         """All items at or below a per-query distance threshold that keeps at least k of them.
@@ -251,28 +240,9 @@ class _Retrieval:
         return both.sum(axis=2), both[:, :, 1]
 
 
-def _popcount(words: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Bits set per word into ``out`` (np.bitwise_count needs numpy >= 2; a byte table otherwise)."""
-    if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(words, out=out)
-    return _popcount_table(words, out)
-
-
-def _popcount_table(words: np.ndarray, out: np.ndarray) -> np.ndarray:
-    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-    as_bytes = table[words.view(np.uint8)].reshape(*words.shape, words.dtype.itemsize)
-    return np.sum(as_bytes, axis=-1, dtype=out.dtype, out=out)
-
-
 def _pack(flags: np.ndarray) -> np.ndarray:
     """Bool matrix -> (n, words) unsigned ints, one bit per column (zero padding never counts)."""
-    packed = np.packbits(flags, axis=1)
-    nbytes = packed.shape[1]
-    width = next((w for w in (1, 2, 4) if nbytes <= w), 8)
-    padded = -(-nbytes // width) * width
-    if padded != nbytes:
-        packed = np.pad(packed, ((0, 0), (0, padded - nbytes)))
-    return np.ascontiguousarray(packed).view(np.dtype(f"u{width}"))
+    return pack_words(np.packbits(flags, axis=1))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -408,7 +378,7 @@ def mean_average_precision(
     k = ret.n_db if k is None else min(k, ret.n_db)
     ap = np.empty(ret.n_query, dtype=np.float64)
     if ties == "index":
-        for rows in ret.chunks(_bytes_per_row(ret, k, per_topk=40)):
+        for rows in ret.chunks(k * _TOPK_BYTES, full_rows=False):
             rel = ret.topk_relevance(rows, k)
             hits = np.cumsum(rel, axis=1, dtype=np.int32)
             # AP = (1/R_K) sum over relevant ranks j of (relevant up to j) / j
@@ -453,8 +423,10 @@ def precision_at_k(
     ties = _check_ties(ties)
     kk = min(k, ret.n_db)
     hits = np.empty(ret.n_query, dtype=np.float64)
-    for rows in ret.chunks(_bytes_per_row(ret, kk, per_topk=20)):
-        if ties == "index":
+    by_index = ties == "index"
+    budget = kk * _TOPK_BYTES if by_index else _bytes_per_row(ret, kk, per_topk=20)
+    for rows in ret.chunks(budget, full_rows=not by_index):
+        if by_index:
             hits[rows] = ret.topk_relevance(rows, kk).sum(axis=1)
         else:
             hits[rows] = _expected_hits(*ret.bucket_counts(rows, kk), kk)

@@ -20,9 +20,11 @@ PACKAGE = Path(kalahash.__file__).parent
 LAYERS = {
     # utilities that know nothing of the rest
     "fileio": 0,
-    "metrics": 0,
+    "hamming": 0,
     "presets": 0,
     "machine": 0,
+    # the metrics rank with the Hamming engine
+    "metrics": 1,
     "results_table": 1,
     "data": 1,
     # a run's history and flags: tables only (plots draws them, experiments writes them)
@@ -43,6 +45,9 @@ LAYERS = {
     "embeddings": 6,
     "experiments": 7,
     "pretrain": 7,
+    "search": 7,
+    # the codes folder of `kalahash encode` (files only)
+    "codestore": 2,
     # the notebooks' studies, measurements and runner: above the runs they make
     "studies": 8,
     "efficiency": 8,
