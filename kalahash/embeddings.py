@@ -117,8 +117,9 @@ def _check_same_images(embeddings: Mapping[str, Embeddings]) -> np.ndarray:
     return first.labels
 
 
-def _subsample(n: int, max_points: int | None, random_state: int) -> np.ndarray:
-    """Sorted indices of at most ``max_points`` of n items, the same for every method."""
+def subsample(n: int, max_points: int | None, random_state: int) -> np.ndarray:
+    """Sorted indices of at most ``max_points`` of n items (all for None), drawn with ``random_state``:
+    the same for every method."""
     if max_points is None or max_points >= n:
         return np.arange(n)
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 2:
@@ -140,7 +141,7 @@ def silhouette_scores(
     method (silhouette costs n² distances).
     """
     labels = _check_same_images(embeddings)
-    keep = _subsample(len(labels), max_points, random_state)
+    keep = subsample(len(labels), max_points, random_state)
     metrics = {"features": feature_metric, "codes": DEFAULT_METRICS["codes"]}
     rows = [
         {
@@ -194,7 +195,7 @@ def umap_coordinates(
     if space not in SPACES:
         raise ValueError(f"space must be one of {SPACES}, got {space!r}")
     labels = _check_same_images(embeddings)
-    keep = _subsample(len(labels), max_points, random_state)
+    keep = subsample(len(labels), max_points, random_state)
     metric = DEFAULT_METRICS[space] if metric is None else metric
     classes = np.where(labels[keep].any(axis=1), labels[keep].argmax(axis=1), -1)
     frames = []

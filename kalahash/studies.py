@@ -2,10 +2,11 @@
 
 A study is a list of :class:`Arm` s: a label (what the table calls it) and the :class:`ExperimentConfig`
 it runs, one arm per seed. Notebooks take their settings from :func:`study_settings`, build the arms
-(:func:`main_grid`, :func:`shot_scaling_grid`, :func:`ablation_grid`, :func:`plug_and_play_grid`),
-run them with :func:`run_arms` (a stored result is reused, so a study shares runs with the others)
-and turn the rows into tables (:func:`tie_table`, :func:`main_table`, :func:`main_table_wide`,
-:func:`plug_and_play_table`). An arm that changes nothing of the paper's setting overrides nothing,
+(:func:`main_grid`, :func:`shot_scaling_grid`, :func:`ablation_grid`, :func:`plug_and_play_grid`,
+:func:`backbone_grid`, :func:`embedding_grid`), run them with :func:`run_arms` (a stored result is
+reused, so a study shares runs with the others) and turn the rows into tables (:func:`tie_table`,
+:func:`main_table`, :func:`main_table_wide`, :func:`plug_and_play_table`, :func:`backbone_table`). The
+embedding views of Figure 1 need the trained hashers themselves: :mod:`kalahash.views`. An arm that changes nothing of the paper's setting overrides nothing,
 so it is the same run, with the same ``config_id``, as the plain method in every other notebook.
 """
 
@@ -24,6 +25,11 @@ MAIN_BITS = (16, 32, 64)
 PLUG_LOSSES = ("dpsh", "hashnet", "csq", "orthohash", "mdsh")
 TIE_RULES = ("index", "average")
 KIDDO_WEIGHTS = ("kiddo_alpha", "kiddo_beta", "kiddo_gamma")
+# The backbone-scaling figure: the paper's three towers, and the smoke profile's family of tiny CLIPs.
+PAPER_BACKBONES = ("SLIP-ViT-S-16", "ViT-B-32", "ViT-L-14")
+SMOKE_BACKBONES = ("tiny-objects-s", "tiny-objects-m", "tiny-objects-l")
+# The paper's weights for an open_clip model that has them; SLIP's come from a local file (slip_weights).
+PAPER_WEIGHTS = "openai"
 ABLATIONS = ("components", "selection", "rank", "strength", "loss_weights", "placement", "knowledge")
 
 # What each study runs in each profile, on top of the profile itself (kalahash.experiments.PROFILES).
@@ -46,6 +52,20 @@ STUDY_SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "smoke": {"train_shots": 8, "timed_epochs": 3, "methods": ["lb", "fft", "lora", "clora", "kalahash"]},
         "paper": {"train_shots": 8, "timed_epochs": 3, "methods": ["lb", "fft", "lora", "clora", "kalahash"]},
     },
+    # the smoke family: three sizes of a tiny CLIP pre-trained on the objects10 world
+    "backbones": {
+        "smoke": {
+            "dataset": "objects10",
+            "backbones": list(SMOKE_BACKBONES),
+            "shots": [1],
+            "methods": ["lb", "kalahash"],
+        },
+        "paper": {"backbones": list(PAPER_BACKBONES), "shots": [1], "methods": ["lb", "fft", "kalahash"]},
+    },
+    "embeddings": {
+        "smoke": {"shots": [1], "methods": ["fft", "lb", "kalahash"], "max_points": 1500},
+        "paper": {"shots": [1], "methods": ["fft", "lb", "kalahash"], "max_points": 5000},
+    },
 }
 # The settings each study's size is told in, to compare with the paper's.
 _STUDY_KEYS = {
@@ -54,8 +74,10 @@ _STUDY_KEYS = {
     "ablations": ("shots", "seeds", "epochs"),
     "plug_and_play": ("shots", "seeds", "epochs"),
     "efficiency": (),
+    "backbones": ("dataset", "backbones", "shots", "methods", "seeds", "epochs"),
+    "embeddings": ("shots", "methods", "seeds", "epochs"),
 }
-_LIST_KEYS = ("datasets", "bits", "mdsh_fft_shots", "ranks", "strengths", "losses", "ablations")
+_LIST_KEYS = ("datasets", "bits", "mdsh_fft_shots", "ranks", "strengths", "losses", "ablations", "backbones")
 
 # The values the ablations try; the setting's own preset value is always added, so the paper's arm is
 # the plain method's run.
@@ -107,28 +129,54 @@ def _reductions(study: str, settings: Mapping[str, Any]) -> str:
     return "not the paper's setting: " + "; ".join(smaller) if smaller else ""
 
 
+def _lacking_dataset(sizes: Mapping[str, Any], chosen: Mapping[str, Any]) -> str | None:
+    """The data set the study's size names (none given) if this version of kalahash lacks it."""
+    from .data import DATASETS
+
+    name = sizes.get("dataset")
+    return name if name is not None and "dataset" not in chosen and name not in DATASETS else None
+
+
 def study_settings(study: str, profile: str = "auto", **given: Any) -> dict[str, Any]:
     """A study notebook's settings: :func:`notebook_settings` with the study's size for the profile
         (:data:`STUDY_SIZES`) between the profile and the parameters given.
 
         ``datasets`` (the main table's) defaults to the study's list, or to ``[dataset]`` when a data set is
         given or the profile has one data set. ``reduced`` says in words where the size is not the paper's
-    (what the smoke profile leaves out).
+    (what the smoke profile leaves out). A data set the study's size names but this version of kalahash
+    does not have yet (the smoke backbone family's ``objects10``) is kept by name, without a data root,
+    for :func:`skipped_backbones` to report; a data set or backbones given must exist (ValueError).
     """
+    from .backbones import available_models
     from .data import resolve_dataset_name
 
     if study not in STUDY_SIZES:
         raise ValueError(f"unknown study {study!r}; choose one of {', '.join(STUDY_SIZES)}")
     chosen = {k: v for k, v in given.items() if v is not None}
     resolved = notebook_settings(profile, dataset=chosen.get("dataset"))["profile"]
-    sizes = STUDY_SIZES[study][resolved]
+    sizes = dict(STUDY_SIZES[study][resolved])
+    lacking = _lacking_dataset(sizes, chosen)
+    if lacking:
+        del sizes["dataset"]
     settings = notebook_settings(resolved, **{**sizes, **chosen})
+    if lacking:
+        settings.update(dataset=lacking, data_root=None)
     for key in _LIST_KEYS:
         if settings.get(key) is not None:
             settings[key] = _as_list(key, settings[key])
+    unknown = (
+        [b for b in settings["backbones"] if b not in available_models()] if "backbones" in chosen else []
+    )
+    if unknown:
+        raise ValueError(
+            f"unknown backbone(s) {', '.join(map(repr, unknown))} in backbones; "
+            "kalahash.backbones.available_models() lists them"
+        )
     if "datasets" not in chosen:
         settings["datasets"] = sizes.get("datasets") if "dataset" not in chosen else None
-    settings["datasets"] = [resolve_dataset_name(d) for d in settings["datasets"] or [settings["dataset"]]]
+    settings["datasets"] = [
+        d if d == lacking else resolve_dataset_name(d) for d in settings["datasets"] or [settings["dataset"]]
+    ]
     if study == "shots" and settings.get("mdsh_fft_shots") is None:
         settings["mdsh_fft_shots"] = settings["scaling_shots"]
     settings["reduced"] = _reductions(study, settings)
@@ -283,6 +331,69 @@ def plug_and_play_grid(settings: Mapping[str, Any], bits: int = 16) -> list[Arm]
     return arms
 
 
+def _backbone_plan(settings: Mapping[str, Any]) -> dict[str, tuple[str | None, str]]:
+    """backbone -> (the weights it loads, why it cannot run: "" when it can)."""
+    import open_clip
+
+    from .backbones import available_models
+    from .data import DATASETS
+    from .slip import DOWNLOAD_URL, SLIP_MODELS
+
+    plan: dict[str, tuple[str | None, str]] = {}
+    for backbone in settings["backbones"]:
+        if settings["dataset"] not in DATASETS:
+            plan[backbone] = (None, f"data set {settings['dataset']!r} is not in this version of kalahash")
+        elif backbone not in available_models():
+            plan[backbone] = (None, "this backbone is not in this version of kalahash")
+        elif backbone in SLIP_MODELS:
+            weights = settings.get("slip_weights")
+            example = DOWNLOAD_URL.format(file=next(iter(SLIP_MODELS[backbone].files), ""))
+            why = (
+                f"SLIP's weights are no open_clip tag: pass slip_weights, a local checkpoint file ({example})"
+            )
+            plan[backbone] = (weights, "" if weights else why)
+        else:
+            tags = open_clip.list_pretrained_tags_by_model(backbone)
+            plan[backbone] = (PAPER_WEIGHTS if PAPER_WEIGHTS in tags else None, "")
+    return plan
+
+
+def backbone_weights(settings: Mapping[str, Any]) -> dict[str, str | None]:
+    """The weights each backbone of the study that can run loads: :data:`PAPER_WEIGHTS` where open_clip
+    has them, ``slip_weights`` for a SLIP model, else None (a built-in's own weights)."""
+    return {b: weights for b, (weights, why) in _backbone_plan(settings).items() if not why}
+
+
+def skipped_backbones(settings: Mapping[str, Any]) -> dict[str, str]:
+    """Why each backbone of the study that cannot run here is skipped: a data set or backbone family
+    this version of kalahash lacks, or a SLIP model without ``slip_weights``."""
+    return {b: why for b, (_, why) in _backbone_plan(settings).items() if why}
+
+
+def backbone_grid(settings: Mapping[str, Any], bits: int = 16) -> list[Arm]:
+    """The backbone-scaling figure: backbones (those that can run) × shots × methods × seeds, labelled by
+    method; each backbone with its own weights (:func:`backbone_weights`), never the profile's."""
+    arms = []
+    for backbone, weights in backbone_weights(settings).items():
+        for shots in settings["shots"]:
+            base = base_config(settings, backbone=backbone, pretrained=weights, bits=bits, shots=shots)
+            for method in settings["methods"]:
+                arms += _arms("backbones", method, base, settings["seeds"], method=method)
+    return arms
+
+
+def embedding_grid(settings: Mapping[str, Any], bits: int = 16) -> list[Arm]:
+    """Figure 1's runs: each method × seed at the one shot count of the settings, labelled by method."""
+    if len(settings["shots"]) != 1:
+        raise ValueError(
+            f"the embedding views compare methods at one shot count; shots is {settings['shots']}"
+        )
+    base = base_config(settings, bits=bits, shots=settings["shots"][0])
+    return [
+        arm for m in settings["methods"] for arm in _arms("embeddings", m, base, settings["seeds"], method=m)
+    ]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Running and tables
 
@@ -352,3 +463,14 @@ def _wide(table: pd.DataFrame, index: list[str], column: pd.Series, values: str)
     wide = wide.reindex(index=lines, columns=_first_seen(column))
     wide.columns.name = None
     return wide.reset_index()
+
+
+def backbone_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """:func:`tie_table` per backbone × shots × method, with each backbone's parameter count (``params``,
+    the whole CLIP model as open_clip counts it), as :func:`kalahash.plots.backbone_scaling` plots it."""
+    from .backbones import parameter_count
+
+    table = tie_table(rows, by=("backbone", "shots", "method"))
+    counts = {b: parameter_count(b) for b in table["backbone"].unique()}
+    table.insert(1, "params", table["backbone"].map(counts))
+    return table

@@ -52,6 +52,8 @@ LAYERS = {
     "studies": 8,
     "efficiency": 8,
     "reproduce": 8,
+    # trained hashers restored from their checkpoints, embedded for Figure 1
+    "views": 8,
     "cli": 9,
 }
 

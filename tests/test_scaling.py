@@ -54,6 +54,8 @@ def test_backbone_scaling_draws_each_method_against_size():
         expected = summary[summary["method"] == method].set_index("backbone")["mean"]
         assert list(line.get_ydata()) == [expected["tiny"], expected["SLIP-ViT-S-16"], expected["ViT-B-32"]]
     assert sorted(t.get_text() for t in ax.texts) == sorted(set(summary["backbone"]))
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"{c / 1e6:.3g}M" for c in counts]
     plt.close(fig)
 
 

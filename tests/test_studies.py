@@ -3,20 +3,25 @@
 import copy
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 from helpers import tiny_list_dataset
 
-from kalahash.backbones import load_backbone
+from kalahash.backbones import load_backbone, parameter_count
 from kalahash.experiments import PROFILES, ExperimentConfig, run_experiment
 from kalahash.hashing import build_hasher
-from kalahash.plots import bar_panels, markdown_table, save_table
+from kalahash.plots import backbone_scaling, bar_panels, markdown_table, save_table
 from kalahash.studies import (
     ABLATIONS,
     MAIN_DATASETS,
+    PAPER_BACKBONES,
     PLUG_LOSSES,
     STUDY_SIZES,
     ablation_grid,
+    backbone_grid,
+    backbone_table,
+    backbone_weights,
     main_grid,
     main_table,
     main_table_wide,
@@ -24,6 +29,7 @@ from kalahash.studies import (
     plug_and_play_table,
     run_arms,
     shot_scaling_grid,
+    skipped_backbones,
     study_settings,
     tie_table,
 )
@@ -147,6 +153,64 @@ def test_plug_and_play_grid_puts_each_loss_on_each_variant():
     assert {m for (loss, _), m in seen.items() if loss == "csq"} == {"lb", "fft", "clora", "kalahash"}
     plain = _plain(settings, shots=1, bits=16, method="kalahash", seed=0)
     assert next(a for a in arms if a.label == "+CLoRA +KIDDO").config.config_id == plain.config_id
+
+
+def test_backbone_study_gives_each_backbone_its_weights_and_shares_the_main_runs(tmp_path):
+    settings = study_settings("backbones", profile="paper")
+    assert settings["backbones"] == list(PAPER_BACKBONES) and settings["reduced"] == ""
+    assert backbone_weights(settings) == {"ViT-B-32": "openai", "ViT-L-14": "openai"}
+    assert "pass slip_weights" in skipped_backbones(settings)["SLIP-ViT-S-16"]
+    arms = backbone_grid(settings)
+    assert len(arms) == 2 * len(settings["methods"]) * len(settings["seeds"])
+    plain = _plain(settings, shots=1, bits=16, method="lb", seed=0)  # ViT-B-32, openai: the main table's run
+    assert arms[0].config.config_id == plain.config_id
+    weights = tmp_path / "slip_small_100ep.pt"
+    with_slip = study_settings("backbones", profile="paper", slip_weights=str(weights))
+    assert backbone_weights(with_slip)["SLIP-ViT-S-16"] == str(weights) and not skipped_backbones(with_slip)
+    with pytest.raises(ValueError, match=r"unknown backbone.*'ViT-B-3'"):
+        study_settings("backbones", backbones="ViT-B-3 ViT-L-14")
+
+
+def test_backbone_study_skips_what_this_version_lacks(monkeypatch):
+    """A family named by the study's size but not installed (yet) is reported, never run or faked."""
+    sizes = {**STUDY_SIZES["backbones"], "smoke": {"dataset": "nowhere10", "backbones": ["tiny-nowhere"]}}
+    monkeypatch.setitem(STUDY_SIZES, "backbones", sizes)
+    settings = study_settings("backbones")
+    assert settings["dataset"] == "nowhere10" and settings["data_root"] is None
+    assert skipped_backbones(settings) == {
+        "tiny-nowhere": "data set 'nowhere10' is not in this version of kalahash"
+    }
+    assert backbone_grid(settings) == []
+    settings = study_settings("backbones", dataset="shapes", backbones="tiny-shapes tiny")
+    assert backbone_weights(settings) == {
+        "tiny-shapes": None,
+        "tiny": None,
+    }  # a tiny CLIP never gets "openai"
+    assert skipped_backbones({**settings, "backbones": ["tiny-nowhere", "tiny"]}) == {
+        "tiny-nowhere": "this backbone is not in this version of kalahash"
+    }
+    with pytest.raises(ValueError, match="unknown dataset 'nowhere10'"):
+        study_settings("backbones", dataset="nowhere10")
+
+
+def test_backbone_runs_give_a_curve_over_parameter_counts(tmp_path):
+    settings = study_settings("backbones", dataset="shapes", backbones=["tiny", "tiny-shapes"], methods=["lb"],
+                              seeds=[0], epochs=1)  # fmt: skip
+    options = {
+        "results": tmp_path / "r.csv",
+        "workdir": tmp_path / "w",
+        "cache": tmp_path / "c",
+        "progress": False,
+    }
+    rows = run_arms(backbone_grid(settings), **options)
+    assert list(rows["backbone"]) == ["tiny", "tiny-shapes"] and rows["pretrained"].isna().all()
+    table = backbone_table(rows)
+    assert table["params"].tolist() == [parameter_count("tiny"), parameter_count("tiny-shapes")]
+    assert list(table.columns[:4]) == ["backbone", "params", "shots", "method"]
+    fig = backbone_scaling(table, "two tiny backbones", value="mean_index", error="std_index")
+    line = fig.axes[0].lines[0]
+    np.testing.assert_allclose(np.asarray(line.get_xdata(), dtype=float), sorted(table["params"]))
+    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------- running, tables
