@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .experiments import ExperimentConfig, provenance, resolve_device
+from .experiments import ExperimentConfig
+from .machine import provenance, resolve_device
 
 EFFICIENCY_METHODS = ("lb", "fft", "lora", "clora", "kalahash")
 _STATUS = Path("/proc/self/status")

@@ -18,7 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from .experiments import PROFILES, ExperimentConfig, _as_list, notebook_settings, run_experiment, summarize
+from .experiments import PROFILES, ExperimentConfig, notebook_settings, run_experiment, summarize
+from .experiments.notebook import _as_list
 
 MAIN_DATASETS = ("cifar10", "nuswide", "coco")
 MAIN_BITS = (16, 32, 64)

@@ -24,10 +24,10 @@ from .experiments import (
     DEFAULT_CACHE,
     DEFAULT_RESULTS,
     ExperimentConfig,
-    _restored_hasher,
     find_result,
     run_experiment,
 )
+from .experiments.checkpoint_ops import _restored_hasher
 from .machine import resolve_device
 
 if TYPE_CHECKING:

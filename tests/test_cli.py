@@ -206,7 +206,7 @@ def test_files_follow_the_results_table_or_the_workdir(tmp_path, monkeypatch):
 
 
 def test_the_demo_honours_cache_and_results(tmp_path, monkeypatch):
-    import kalahash.experiments as experiments
+    import kalahash.experiments.runner as experiments
 
     seen = {}
 
@@ -224,7 +224,7 @@ def test_the_demo_honours_cache_and_results(tmp_path, monkeypatch):
 
 
 def test_the_demo_shows_flags_and_warns(tmp_path, capsys, monkeypatch):
-    import kalahash.experiments as experiments
+    import kalahash.experiments.runner as experiments
 
     def fake(cfg, **_):
         flags = "anchors_collapsed" if cfg.method == "kalahash" else ""

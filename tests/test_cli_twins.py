@@ -124,7 +124,7 @@ def test_resuming_a_finished_run_rescores_it(runs, tmp_path):
 
 
 def test_resuming_with_another_configuration_is_refused(runs, tmp_path, monkeypatch):
-    import kalahash.experiments as experiments
+    import kalahash.experiments.runner as experiments
 
     ckpt = tmp_path / "run.ckpt"
     cfg = _config(runs["root"], method="lora")

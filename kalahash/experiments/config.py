@@ -1,0 +1,155 @@
+"""What one run is: :class:`ExperimentConfig` (data set, shots, bits, method, backbone, seed ...), the
+hyperparameters it resolves to, and its ``config_id``, the key of its row in the results table."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..presets import LORA_BASELINE, setting_hparams
+
+METHODS = ("lb", "fft", "lora", "clora", "kalahash", "zeroshot")
+# Which preset hyperparameters each method uses; the rest of a preset does not apply to it.
+_METHOD_KEYS = {
+    "lb": (),
+    "fft": (),
+    "lora": ("rank", "strength"),
+    "clora": ("rank", "strength"),
+    "kalahash": ("rank", "strength", "kiddo_alpha", "kiddo_beta", "kiddo_gamma"),
+    "zeroshot": (),
+}
+# The list files of dataset "listfile"; unset (None), they are left out of config_id.
+LIST_OPTIONS = ("train_list", "query_list", "database_list", "classnames")
+# Fields added after results tables existed: at their default they are left out of config_id, so the
+# ids of stored rows stay valid.
+_LATER_FIELDS: dict[str, Any] = {"knowledge": "true", **dict.fromkeys(LIST_OPTIONS)}
+
+
+def config_hash(row: Mapping[str, Any]) -> str:
+    """The config_id of a config's row: everything that determines its result, less later fields at
+    their default."""
+    kept = {k: v for k, v in row.items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One run: data set and shots, code length, method and loss, backbone, seed and training length.
+
+    ``seed`` draws the few-shot sample and seeds training; the query/database split of a data set is
+    fixed (``split_seed``) so every method and seed is scored on the same images. ``hyperparameters``
+    override the preset of the setting (``kalahash.presets``). Dataset ``listfile`` (your own lists)
+    needs ``train_list``, ``query_list``, ``database_list`` and ``classnames`` (a file, one name a
+    line), relative to ``data_root`` or absolute. ``knowledge`` is the control of K for the methods that
+    read it (``"true"``, ``"permuted"``, ``"random"``; :func:`kalahash.hashing.control_knowledge`),
+    seeded with ``seed``. Method ``zeroshot`` trains nothing (``epochs`` is ignored).
+    """
+
+    dataset: str = "shapes"
+    data_root: str | None = None
+    shots: int = 1
+    bits: int = 16
+    method: str = "kalahash"
+    loss: str = "dpsh"
+    backbone: str = "tiny-shapes"
+    pretrained: str | None = None
+    seed: int = 42
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 0.01
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    topk: int | None = None
+    ties: str = "index"
+    split_seed: int = 0
+    train_list: str | None = None
+    query_list: str | None = None
+    database_list: str | None = None
+    classnames: str | None = None
+    knowledge: str = "true"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("shots", "bits", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        from ..data import resolve_dataset_name
+        from ..hashing import LOSSES
+        from ..hashing.factory import check_knowledge_control
+
+        # canonical name (aliases such as nus-wide accepted); unknown names fail here, before anything runs
+        object.__setattr__(self, "dataset", resolve_dataset_name(self.dataset))
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(sorted(LOSSES))}")
+        if self.ties not in ("index", "average"):
+            raise ValueError(f"ties must be 'index' or 'average', got {self.ties!r}")
+        object.__setattr__(self, "hyperparameters", dict(self.hyperparameters))
+        given = [name for name in LIST_OPTIONS if getattr(self, name) is not None]
+        if self.dataset == "listfile" and len(given) < len(LIST_OPTIONS):
+            missing = ", ".join(n for n in LIST_OPTIONS if n not in given)
+            raise ValueError(f"dataset 'listfile' needs {missing} (CLI: --train-list ... --classnames)")
+        if self.dataset != "listfile" and given:
+            raise ValueError(
+                f"{', '.join(given)}: options of dataset 'listfile' only, not of {self.dataset!r}"
+            )
+        check_knowledge_control(self.method, self.hyperparameters, self.knowledge)
+
+    def data_options(self) -> dict[str, str]:
+        """The loader options of the data set (the list files of ``listfile``)."""
+        return {name: getattr(self, name) for name in LIST_OPTIONS if getattr(self, name) is not None}
+
+    def with_absolute_paths(self) -> ExperimentConfig:
+        """This run with its data root, weights file and (without a data root) list files made absolute,
+        as checkpoints record it: they are used from other working directories."""
+
+        def absolute(path: str | None) -> str | None:
+            return None if path is None else str(Path(path).expanduser().resolve())
+
+        lists = {} if self.data_root is not None else {n: absolute(getattr(self, n)) for n in LIST_OPTIONS}
+        weights = self.pretrained is not None and Path(self.pretrained).expanduser().is_file()
+        pretrained = absolute(self.pretrained) if weights else self.pretrained
+        return replace(self, data_root=absolute(self.data_root), pretrained=pretrained, **lists)
+
+    def resolved_hparams(self, num_classes: int | None = None) -> tuple[dict[str, Any], str]:
+        """The hyperparameters this run uses and where they come from (preset source or 'given').
+
+        A data set without a released setting gets the release's defaults; with ``num_classes`` their
+        CLoRA rank is capped at the number of classes (CLoRA selects rank classes per image).
+        """
+        keys = _METHOD_KEYS[self.method]
+        if self.method == "lora":
+            base, source = dict(LORA_BASELINE), "release default config"
+        elif keys:
+            p = setting_hparams(self.dataset, self.shots, self.bits)
+            base, source = {k: p.hparams[k] for k in keys}, p.source
+            if p.defaults and num_classes is not None and base["rank"] > num_classes:
+                base["rank"], source = num_classes, f"{source}; rank capped at the {num_classes} classes"
+        else:
+            base, source = {}, "none needed"
+        if self.method != "kalahash":
+            base["loss"] = self.loss
+        elif self.loss != "dpsh":
+            base["loss"] = self.loss  # KIDDO with another similarity loss: plug-and-play
+        if self.knowledge != "true":
+            base.update(knowledge=self.knowledge, knowledge_seed=self.seed)
+        base.update(self.hyperparameters)
+        if self.hyperparameters:
+            source += "; overridden: " + ", ".join(sorted(self.hyperparameters))
+        if "anchor_momentum" in self.hyperparameters:
+            source += "; ours, not the paper's: anchor_momentum"
+        return base, source
+
+    def to_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["hyperparameters"] = json.dumps(self.hyperparameters, sort_keys=True)
+        return row
+
+    @property
+    def config_id(self) -> str:
+        """Identifies a run by everything that determines its result."""
+        return config_hash(self.to_row())

@@ -1,0 +1,110 @@
+"""The notebooks' settings: profiles (:data:`PROFILES`: ``smoke`` on the built-in world, ``paper`` on
+real data), :func:`notebook_settings` (a profile with papermill's parameters on top, list settings
+parsed from text) and :func:`project_paths` (where results, figures and the cache go)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+WORLDS = ("shapes", "shapes-multi")
+# Notebook profiles: "smoke" runs end-to-end on a CPU in minutes on the built-in offline world (CI runs
+# it); "paper" is the paper's setting (CLIP ViT-B/32 with OpenAI weights, 1-8 shots, three seeds).
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "dataset": "shapes",
+        "backbone": "tiny-shapes",
+        "pretrained": None,
+        "shots": [1, 2, 4],
+        "scaling_shots": [1, 2, 4, 8, 16],
+        "seeds": [0, 1],
+        "epochs": 100,
+        "methods": ["lb", "fft", "lora", "kalahash"],
+    },
+    "paper": {
+        "dataset": "cifar10",
+        "backbone": "ViT-B-32",
+        "pretrained": "openai",
+        "shots": [1, 2, 4, 8],
+        "scaling_shots": [1, 2, 4, 8, 16, 32, 64, 128, 256, 500],
+        "seeds": [0, 1, 2],
+        "epochs": 100,
+        "methods": ["lb", "fft", "lora", "kalahash"],
+    },
+}
+
+
+_LIST_SETTINGS = ("shots", "scaling_shots", "seeds", "methods")
+
+
+def _as_list(name: str, value: Any) -> list[Any]:
+    """Lists as papermill's ``-p`` passes them: a list, one value, or text such as "[1, 2]" or "1 2"."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = [json.loads(v) if v.lstrip("-").isdigit() else v for v in text.replace(",", " ").split()]
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    if not values:
+        raise ValueError(f"{name} is empty: give at least one value")
+    return values
+
+
+def notebook_settings(profile: str = "auto", **given: Any) -> dict[str, Any]:
+    """A notebook's settings: its profile's values, replaced by every parameter given (not None).
+
+    ``profile="auto"`` picks "smoke" for the built-in worlds and "paper" for real data sets, so
+    ``papermill 03_shots.ipynb out.ipynb -p dataset cifar10`` runs the paper's setting. A real data
+    set without ``data_root`` is looked for in ``data/<name>`` of the project (or ``$KALAHASH_DATA``),
+    wherever the notebook runs from. List settings accept text (``-p seeds "0 1 2"``).
+
+    The profile's ``pretrained`` goes with its backbone only: with another backbone (and no
+    ``pretrained`` given) it is None, the backbone's own default; ``pretrained=""`` or ``"None"``
+    (papermill's ``-p pretrained ""``) also means that default.
+    """
+    from ..data import default_data_root, resolve_dataset_name
+
+    dataset = given.get("dataset")
+    if profile == "auto":
+        profile = "smoke" if dataset is None or dataset in WORLDS else "paper"
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose auto, {', '.join(PROFILES)}")
+    chosen = {k: v for k, v in given.items() if v is not None}
+    base = dict(PROFILES[profile])
+    if chosen.get("backbone", base["backbone"]) != base["backbone"]:
+        base["pretrained"] = None  # the profile's weights are its backbone's
+    settings = {**base, **chosen}
+    if str(settings.get("pretrained")).strip() in ("", "None"):
+        settings["pretrained"] = None
+    settings["profile"] = profile
+    settings["dataset"] = resolve_dataset_name(settings["dataset"])
+    for name in _LIST_SETTINGS:
+        if name in settings:
+            settings[name] = _as_list(name, settings[name])
+    if settings["dataset"] not in WORLDS and settings.get("data_root") is None:
+        default = default_data_root(settings["dataset"])
+        settings["data_root"] = str(default if default.is_absolute() else project_paths()["root"] / default)
+    return settings
+
+
+def project_paths(start: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Where results, figures and the cache go: under the project folder (the nearest ancestor of the
+    working directory holding both ``kalahash/`` and ``notebooks/``), else under the working directory.
+
+    Notebooks run with their own folder or the repository root as working directory; both land in the
+    same ``results/`` and ``figures/``.
+    """
+    here = Path(start or Path.cwd()).resolve()
+    root = next(
+        (p for p in (here, *here.parents) if (p / "kalahash").is_dir() and (p / "notebooks").is_dir()), here
+    )
+    return {
+        "root": root,
+        "results": root / "results" / "results.csv",
+        "workdir": root / "results",
+        "figures": root / "figures",
+        "cache": root / "cache" / "prefix",
+    }

@@ -1,0 +1,261 @@
+"""Running: one configuration (:func:`run_experiment`), a grid of them (:func:`run_sweep`), the README's
+demo (:func:`run_demo`), and the mean ± std over seeds of their rows (:func:`summarize`).
+
+The functions that call :func:`run_experiment` live here with it, so replacing it in this module
+(``monkeypatch.setattr(kalahash.experiments.runner, "run_experiment", ...)``) reaches all of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ..checkpoints import data_identity
+from ..fileio import atomic_write_text
+from ..history import FLAG_MARK, group_flags, history_path, history_summary, save_history
+from ..machine import provenance, resolve_device
+from ..results_table import DEFAULT_RESULTS
+from ..train import PrefixCache, TrainConfig, evaluate, fit, save_checkpoint
+from .config import ExperimentConfig
+from .results import append_result, find_result
+
+DEFAULT_CACHE = Path("cache/prefix")
+
+
+def checked_data(data: Any, cache_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+    """The integrity check of a data set, remembered while its lists and its images stay the same.
+
+    Opening every file of NUS-WIDE or MS-COCO takes minutes, so a sweep reuses the stored verdict for
+    the same lists (ids and labels: the fingerprint) as long as every file keeps its size and
+    modification time (or the in-memory pixels their content): repairing or breaking an image makes the
+    next run check again. ``kalahash check-data`` always checks afresh.
+    """
+    from ..data import check_data, content_stamp, data_fingerprint
+
+    path = Path(cache_dir) / f"{data.name}-{data_fingerprint(data)[:20]}.json"
+    stamp = content_stamp(data)  # before the check: a file changed during it is checked again next time
+    if path.exists():
+        record = json.loads(path.read_text())
+        if record.get("content_stamp") == stamp:
+            return record
+    check = check_data(data, progress=progress)
+    record = {
+        "ok": check.ok,
+        "fingerprint": check.fingerprint,
+        "content_stamp": stamp,
+        "report": check.report(),
+    }
+    atomic_write_text(path, json.dumps(record, indent=2))
+    return record
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    *,
+    results: str | os.PathLike | None = DEFAULT_RESULTS,
+    force: bool = False,
+    cache: PrefixCache | str | os.PathLike | None = DEFAULT_CACHE,
+    workdir: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    allow_failed_check: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    strict_shots: bool = False,
+) -> dict[str, Any]:
+    """Train and evaluate one configuration; return its row and append it to ``results``.
+
+    A configuration already in ``results`` is not run again (its stored row comes back with
+    ``skipped=True``) unless ``force``. Data whose integrity check failed is refused unless
+    ``allow_failed_check``. ``cache`` is a :class:`PrefixCache` or its folder (``None``: no cache).
+    ``workdir`` keeps the split lists (``splits/``), data checks (``data_checks/``) and each run's history
+    (``histories/``; :mod:`kalahash.history`), summarised in its row with ``flags`` ("" when none); by
+    default the results table's folder. A class the train pool cannot give ``shots`` images is recorded
+    in ``shot_shortfall``; ``strict_shots`` refuses to run instead. ``resume`` continues ``checkpoint``
+    (refused for another configuration or data); a finished run's checkpoint is re-scored
+    (``resumed_from_epoch`` of the returned row equals ``epochs``).
+    """
+    from ..backbones import load_backbone
+    from ..data import few_shot_split, load_dataset
+    from ..hashing import build_hasher
+
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=, the file to resume from (CLI: --checkpoint)")
+    workdir = Path(workdir) if workdir is not None else Path(results or DEFAULT_RESULTS).parent
+    if results is not None and not force:
+        stored = find_result(cfg, results)
+        if stored is not None:
+            return {**stored, "skipped": True}
+    device = resolve_device(device)
+    if cache is not None and not isinstance(cache, PrefixCache):
+        cache = PrefixCache(cache)
+    data = load_dataset(cfg.dataset, cfg.data_root, seed=cfg.split_seed, **cfg.data_options())
+    check = checked_data(data, Path(workdir) / "data_checks", progress=progress)
+    if not check["ok"] and not allow_failed_check:
+        raise ValueError(
+            f"the data check of {cfg.dataset!r} failed:\n{check['report']}\nFix the data, or pass "
+            "allow_failed_check=True (CLI: --allow-failed-check) to run anyway."
+        )
+    split_dir = Path(workdir) / "splits" / f"{cfg.dataset}-{check['fingerprint'][:12]}-split{cfg.split_seed}"
+    train_set = few_shot_split(data, cfg.shots, seed=cfg.seed, out_dir=split_dir, strict=strict_shots)
+    hparams, hparams_source = cfg.resolved_hparams(num_classes=len(data.classnames))
+    torch.manual_seed(cfg.seed)
+    backbone = load_backbone(cfg.backbone, cfg.pretrained, device=device)
+    hasher = build_hasher(cfg.method, backbone, data.classnames, cfg.bits, **hparams)
+    train_config = TrainConfig(
+        epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(train_set)), lr=cfg.lr, seed=cfg.seed
+    )
+    extra = {
+        "experiment": cfg.with_absolute_paths().to_row(),
+        "data": data_identity(data.name, data.classnames),
+    }
+    trained = fit(
+        hasher,
+        train_set,
+        train_config,
+        cache=cache,
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+        checkpoint_extra=extra,
+    )
+    began = time.perf_counter()
+    scores = evaluate(hasher, data, topk=cfg.topk, cache=cache, ties=cfg.ties, progress=progress)
+    counts = hasher.parameter_counts()
+    diagnosis = history_summary(trained.history, cfg.bits, len(data.classnames), scores["database_codes"])
+    history_file = save_history(trained.history, history_path(workdir, cfg.config_id))
+    row = {
+        "config_id": cfg.config_id,
+        **cfg.to_row(),
+        "hparams_used": json.dumps(hparams, sort_keys=True),
+        "hparams_source": hparams_source,
+        "train_images": len(train_set),
+        "shot_shortfall": train_set.shortfall_text,
+        "train_batch_size": train_config.batch_size,
+        "map": scores["map"],
+        "map_at": scores["map_topk"],
+        "ties_rule": scores["ties"],
+        "map_ties_index": scores["map_ties_index"],
+        "map_ties_average": scores["map_ties_average"],
+        **{k: v for k, v in scores.items() if k.startswith("p_at_")},
+        "train_seconds": round(trained.seconds, 3),
+        "eval_seconds": round(time.perf_counter() - began, 3),
+        "trainable_params": counts["total_trainable"],
+        **diagnosis,
+        "history_file": str(history_file),
+        "backbone_fingerprint": backbone.fingerprint,
+        "data_fingerprint": check["fingerprint"],
+        "data_check_ok": check["ok"],
+        **provenance(device),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if checkpoint is not None:
+        save_checkpoint(
+            checkpoint,
+            hasher,
+            epoch=cfg.epochs,
+            history=trained.history,
+            seconds=trained.seconds,
+            train_config=asdict(train_config),
+            result_row=row,
+            **extra,
+        )
+    if results is not None:
+        append_result(row, results)
+    return {**row, "skipped": False, "resumed_from_epoch": trained.resumed_from_epoch}
+
+
+def expand_grid(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]]) -> list[ExperimentConfig]:
+    """Every combination of the grid's values over ``base`` (keys are ExperimentConfig fields)."""
+    names = {f.name for f in fields(ExperimentConfig)}
+    unknown = sorted(set(grid) - names)
+    if unknown:
+        raise ValueError(f"unknown grid keys {unknown}; allowed: {', '.join(sorted(names))}")
+    keys = list(grid)
+    return [
+        replace(base, **dict(zip(keys, values, strict=True))) for values in itertools.product(*grid.values())
+    ]
+
+
+def run_sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], **kwargs: Any) -> pd.DataFrame:
+    """Run every configuration of a grid (seeds included), sharing one prefix cache; return the rows."""
+    rows = [run_experiment(cfg, **kwargs) for cfg in expand_grid(base, grid)]
+    return pd.DataFrame(rows)
+
+
+def summarize(
+    rows: pd.DataFrame,
+    by: Iterable[str] = ("dataset", "shots", "bits", "method", "knowledge"),
+    value: str = "map",
+) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of ``value`` for each group, with a 'mean ± std' column.
+
+    ``knowledge`` groups where rows have it (older rows used the true K). With ``flags`` in the rows, a
+    ``flags`` column counts each flag's runs and a group with a flagged run gets ⚑ after 'mean ± std'.
+    """
+    rows = rows.assign(knowledge=rows["knowledge"].fillna("true")) if "knowledge" in rows else rows
+    by = [b for b in by if b != "knowledge" or b in rows]
+    grouped = rows.groupby(by, sort=False)
+    table = grouped[value].agg(mean="mean", std="std", seeds="count").reset_index()
+    table["std"] = table["std"].fillna(0.0)
+    table[f"{value} (mean ± std)"] = [
+        f"{m:.4f} ± {s:.4f}" for m, s in zip(table["mean"], table["std"], strict=True)
+    ]
+    if "flags" in rows:
+        table["flags"] = grouped["flags"].agg(group_flags).to_numpy()
+        marked = table["flags"] != ""
+        table.loc[marked, f"{value} (mean ± std)"] += f" {FLAG_MARK}"
+    return table
+
+
+DEMO_METHODS = ("lb", "fft", "lora", "kalahash")
+
+
+def run_demo(
+    out_dir: str | os.PathLike = "figures",
+    results: str | os.PathLike = DEFAULT_RESULTS,
+    *,
+    dataset: str = "shapes",
+    shots: int = 1,
+    bits: int = 16,
+    epochs: int = 100,
+    seed: int = 42,
+    force: bool = False,
+    progress: bool = True,
+    cache: str | os.PathLike | None = DEFAULT_CACHE,
+) -> pd.DataFrame:
+    """The README's main job: LB, FFT, plain LoRA and KALAHash on the built-in offline world.
+
+    Split lists and data checks go beside ``results``; ``cache`` is the prefix cache folder (None: none).
+    """
+    from ..plots import bar_by_method, save_figure, save_table
+
+    base = ExperimentConfig(dataset=dataset, shots=shots, bits=bits, epochs=epochs, seed=seed)
+    options = {"results": results, "cache": cache, "force": force, "progress": progress}
+    rows = pd.DataFrame([run_experiment(replace(base, method=m), **options) for m in DEMO_METHODS])
+    table = rows[
+        [
+            "method",
+            "map",
+            "map_at",
+            "p_at_100",
+            "train_seconds",
+            "trainable_params",
+            "hparams_source",
+            "flags",
+        ]
+    ]
+    save_table(rows, "demo_results", out_dir=out_dir)
+    title = f"{dataset}, {shots}-shot, {bits} bits (offline world, tiny CLIP)"
+    summary = rows.rename(columns={"map": "mean"}).assign(std=0.0)
+    save_figure(bar_by_method(summary, title), "demo_map", rows, out_dir=out_dir)
+    return table
