@@ -83,6 +83,21 @@ def restore_hasher(payload: dict[str, Any], backbone: Any) -> nn.Module:
     return hasher
 
 
+def hasher_from_checkpoint(
+    payload: dict[str, Any], pretrained: str | None = None, device: str | torch.device | None = None
+) -> nn.Module:
+    """A checkpoint's hasher on its own backbone: loaded with ``pretrained`` or the run's weights (CPU
+    when ``device`` is None) after seeding torch with the run's seed, as ``run_experiment`` did, so that
+    a random-init backbone comes back with the same weights (:func:`restore_hasher` checks them)."""
+    from .backbones import load_backbone
+
+    experiment = payload.get("experiment", {})
+    torch.manual_seed(experiment.get("seed", 0))
+    name = payload["backbone"]["name"]
+    backbone = load_backbone(name, pretrained or experiment.get("pretrained"), device=device)
+    return restore_hasher(payload, backbone)
+
+
 def data_identity(name: str | None, classnames: Sequence[str]) -> dict[str, Any]:
     """What a checkpoint records of its training data (key ``"data"``): name, class names, label width."""
     return {"dataset": name, "classnames": list(classnames), "label_width": len(classnames)}

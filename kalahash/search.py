@@ -32,9 +32,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .backbones import load_backbone, state_fingerprint
+from .backbones import state_fingerprint
 from .cache import device_autocast
-from .checkpoints import load_checkpoint, restore_hasher
+from .checkpoints import hasher_from_checkpoint, load_checkpoint
 from .codestore import CodeSet, Records, consolidate, load_codes, plan_encode, write_part
 from .fileio import atomic_write, atomic_write_text
 from .hamming import pack_words, topk
@@ -103,15 +103,11 @@ def model_identity(payload: dict[str, Any]) -> dict[str, Any]:
 def _load_hasher(
     payload: dict[str, Any], pretrained: str | None, device: str | torch.device | None
 ) -> nn.Module:
-    """The checkpoint's hasher in eval mode, its backbone seeded as the run seeded it (a random-init
-    backbone comes back with the same weights; ``restore_hasher`` checks the fingerprint)."""
-    experiment = payload.get("experiment", {})
-    torch.manual_seed(experiment.get("seed", 0))
+    """The checkpoint's hasher in eval mode, by default on this process's CUDA device (under torchrun,
+    the rank's) or the CPU."""
     if device is None:
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
-    name = payload["backbone"]["name"]
-    backbone = load_backbone(name, pretrained or experiment.get("pretrained"), device=device)
-    return restore_hasher(payload, backbone).eval()
+    return hasher_from_checkpoint(payload, pretrained, device).eval()
 
 
 class _ImageFiles(Dataset):

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from .cache import PrefixCache
-from .checkpoints import load_checkpoint
+from .checkpoints import hasher_from_checkpoint, load_checkpoint
 from .embeddings import Embeddings, embed, silhouette_scores, subsample
 from .experiments import (
     DEFAULT_CACHE,
@@ -27,7 +27,6 @@ from .experiments import (
     find_result,
     run_experiment,
 )
-from .experiments.checkpoint_ops import _restored_hasher
 from .machine import resolve_device
 
 if TYPE_CHECKING:
@@ -78,7 +77,7 @@ def trained_hasher(
         options = {"workdir": workdir, "cache": cache, "device": device, "progress": progress}
         run_experiment(config, results=None if stored else results, checkpoint=path, force=force, **options)
     payload = load_checkpoint(path)
-    hasher = _restored_hasher(payload, None, resolve_device(device))
+    hasher = hasher_from_checkpoint(payload, None, resolve_device(device))
     data = load_dataset(config.dataset, config.data_root, seed=config.split_seed, **config.data_options())
     return TrainedHasher(hasher, data, dict(payload["result_row"]))
 

@@ -10,14 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..checkpoints import check_same_data, data_identity, export_model
+from ..checkpoints import check_same_data, data_identity, export_model, hasher_from_checkpoint
 from ..machine import resolve_device
-from ..train import evaluate, load_checkpoint, restore_hasher
+from ..train import evaluate, load_checkpoint
 from .config import LIST_OPTIONS
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from ..data import DataCheck
 
 
@@ -31,20 +29,6 @@ class ExportedModel:
 
     path: Path
     method: str
-
-
-def _restored_hasher(
-    payload: dict[str, Any], pretrained: str | None, device: torch.device | None
-) -> nn.Module:
-    """The checkpoint's hasher on its backbone, seeded as ``run_experiment`` was so that a
-    random-init backbone comes back with the same weights."""
-    from ..backbones import load_backbone
-
-    experiment = payload.get("experiment", {})
-    torch.manual_seed(experiment.get("seed", 0))
-    name = payload["backbone"]["name"]
-    backbone = load_backbone(name, pretrained or experiment.get("pretrained"), device=device)
-    return restore_hasher(payload, backbone)
 
 
 def evaluate_checkpoint(
@@ -87,7 +71,7 @@ def evaluate_checkpoint(
             "pass data_root= its folder; CLI: --data-root)"
         ) from err
     check_same_data(payload, data_identity(data.name, data.classnames), path, "score")
-    hasher = _restored_hasher(payload, pretrained, device)
+    hasher = hasher_from_checkpoint(payload, pretrained, device)
     return evaluate(hasher, data, topk=topk, ties=ties, progress=progress)
 
 
@@ -99,7 +83,7 @@ def export_checkpoint(
     pretrained=out)`` (CLI: ``--pretrained out``) loads the adapted backbone, ``load_exported(out)``
     the backbone and head (the run's codes). CLoRA cannot be folded: ValueError, nothing written."""
     payload = load_checkpoint(path)
-    out = export_model(_restored_hasher(payload, pretrained, None), out)
+    out = export_model(hasher_from_checkpoint(payload, pretrained, None), out)
     return ExportedModel(out, payload["method"])
 
 
