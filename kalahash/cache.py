@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .backbones import state_fingerprint
-from .data import ImageList
+from .data import ImageList, file_stamp
 from .fileio import atomic_write
 
 
@@ -34,7 +34,8 @@ def device_autocast(device: torch.device) -> Any:
 
 
 def images_fingerprint(images: ImageList) -> str:
-    """Identify an image list by ids, labels and content (pixels in memory, size and mtime on disk)."""
+    """Identify an image list by ids, labels and content (pixels in memory, :func:`~kalahash.data.file_stamp`
+    on disk: size and mtime, or the error of a missing file)."""
     digest = hashlib.sha256()
     digest.update("\n".join(images.ids).encode())
     digest.update(images.labels.tobytes())
@@ -42,8 +43,7 @@ def images_fingerprint(images: ImageList) -> str:
         digest.update(np.ascontiguousarray(images.images).tobytes())
     else:
         for path in images.images:
-            stat = path.stat()
-            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+            digest.update(file_stamp(path).encode())
     return digest.hexdigest()[:16]
 
 

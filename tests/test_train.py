@@ -18,6 +18,7 @@ from kalahash.train import (
     evaluate,
     finish_epoch,
     fit,
+    images_fingerprint,
     load_checkpoint,
     make_optimizer,
     restore_hasher,
@@ -400,3 +401,18 @@ def test_training_state_saves_and_restores_the_run(data, tmp_path):
     other = build_hasher("kalahash", load_backbone("tiny"), CLASSES, 8, rank=2)
     with pytest.raises(ValueError, match="Load the same backbone weights"):
         restore_training_state(path, other, make_optimizer(other, config)[0], config)
+
+
+def test_the_images_fingerprint_follows_the_files_and_survives_a_missing_one(tmp_path):
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    for path in paths:
+        path.write_bytes(b"x")
+    images = ImageList(paths, np.eye(2, dtype=np.uint8), ["a", "b"])
+    present = images_fingerprint(images)
+    assert images_fingerprint(images) == present
+    paths[1].write_bytes(b"xy")  # another size: another content
+    grown = images_fingerprint(images)
+    assert grown != present
+    paths[1].unlink()
+    missing = images_fingerprint(images)  # stamped with its error, not a crash
+    assert missing not in (present, grown)

@@ -14,8 +14,9 @@ What lives where:
 - ``protocol``: few-shot training sets (:class:`FewShotSet`; classes the pool cannot fill raise a
   :class:`ShortShotsWarning`, or an error with ``strict=True``) and the plain-text split files;
 - ``cifar10``, ``listfiles`` (``nuswide``, ``coco``, ``listfile``), ``folder``: the loaders;
-- ``checks``: :func:`check_data`, :func:`data_fingerprint` (ids and labels) and :func:`content_stamp`
-  (file sizes and times, in-memory pixels: whether a remembered check still holds).
+- ``checks``: :func:`check_data`, :func:`data_fingerprint` (ids and labels), :func:`content_stamp`
+  (file sizes and times, in-memory pixels: whether a remembered check still holds) and
+  :func:`file_stamp` (one file's size and time, or its error; the prefix cache keys on it too).
 
 The offline worlds ``shapes`` / ``shapes-multi`` are registered by :mod:`kalahash.world` itself
 (``kalahash/__init__`` imports it). This package imports nothing of kalahash but ``kalahash.fileio``:
@@ -25,7 +26,7 @@ never a world, the backbones, adapters, hashing, training, experiments or the CL
 
 from __future__ import annotations
 
-from .checks import DataCheck, check_data, content_stamp, data_fingerprint
+from .checks import DataCheck, check_data, content_stamp, data_fingerprint, file_stamp
 from .cifar10 import (
     CIFAR10_ARCHIVE,
     CIFAR10_FOLDER,
@@ -90,6 +91,7 @@ __all__ = [
     "few_shot_indices",
     "few_shot_split",
     "file_md5",
+    "file_stamp",
     "load_cifar10",
     "load_coco",
     "load_dataset",

@@ -1,5 +1,6 @@
-"""Split integrity: :func:`check_data` (files, counts, overlaps, duplicates) and
-:func:`data_fingerprint`, the hash that identifies a data set's splits in provenance."""
+"""Split integrity: :func:`check_data` (files, counts, overlaps, duplicates),
+:func:`data_fingerprint`, the hash that identifies a data set's splits in provenance, and the cheap
+stamps of what the files are now (:func:`file_stamp`, :func:`content_stamp`)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,16 @@ def data_fingerprint(data: RetrievalData) -> str:
     return h.hexdigest()
 
 
+def file_stamp(path: str | os.PathLike) -> str:
+    """What a file is now, cheaply: its size and modification time (one ``os.stat``, nothing read), or
+    the error a missing or unreadable file gives, so a stamp never fails and changes with the file."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return type(e).__name__
+    return f"{st.st_size}\t{st.st_mtime_ns}"
+
+
 def content_stamp(data: RetrievalData) -> str:
     """A cheap stamp of what the images are now: each file's path, size and modification time (one
     ``os.stat`` a file, nothing read), and the pixels of in-memory images.
@@ -48,11 +59,7 @@ def content_stamp(data: RetrievalData) -> str:
         {str(p) for images in data.splits().values() if not images.in_memory for p in images.images}
     )
     for path in paths:
-        try:
-            st = os.stat(path)
-            h.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-        except OSError as e:
-            h.update(f"{path}\t{type(e).__name__}\n".encode())
+        h.update(f"{path}\t{file_stamp(path)}\n".encode())
     for split, images in data.splits().items():
         if images.in_memory:
             h.update(f"{split} pixels {images.images.shape}\n".encode())
