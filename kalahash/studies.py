@@ -18,8 +18,14 @@ from typing import Any
 
 import pandas as pd
 
-from .experiments import PROFILES, ExperimentConfig, notebook_settings, run_experiment, summarize
-from .experiments.notebook import _as_list
+from .experiments import (
+    PROFILES,
+    ExperimentConfig,
+    list_setting,
+    notebook_settings,
+    run_experiment,
+    summarize,
+)
 
 MAIN_DATASETS = ("cifar10", "nuswide", "coco")
 MAIN_BITS = (16, 32, 64)
@@ -164,7 +170,7 @@ def study_settings(study: str, profile: str = "auto", **given: Any) -> dict[str,
         settings.update(dataset=lacking, data_root=None)
     for key in _LIST_KEYS:
         if settings.get(key) is not None:
-            settings[key] = _as_list(key, settings[key])
+            settings[key] = list_setting(key, settings[key])
     unknown = (
         [b for b in settings["backbones"] if b not in available_models()] if "backbones" in chosen else []
     )
@@ -224,7 +230,7 @@ def main_grid(settings: Mapping[str, Any]) -> list[Arm]:
     arms = []
     for dataset in settings["datasets"]:
         root = _data_root(settings, dataset)
-        for bits in _as_list("bits", settings["bits"]):
+        for bits in list_setting("bits", settings["bits"]):
             for shots in settings["shots"]:
                 base = base_config(settings, dataset=dataset, data_root=root, bits=bits, shots=shots)
                 for method in settings["methods"]:

@@ -10,7 +10,8 @@ What lives here (import the names from ``kalahash.experiments``; the modules are
   :func:`run_demo`, and :func:`checked_data` (a data set's remembered integrity check);
 - ``checkpoint_ops``: the Python twins of ``kalahash eval``, ``export`` and ``check-data``
   (:func:`evaluate_checkpoint`, :func:`export_checkpoint`, :func:`check_dataset`);
-- ``notebook``: the notebooks' ``PROFILES``, :func:`notebook_settings` and :func:`project_paths`.
+- ``notebook``: the notebooks' ``PROFILES``, :func:`notebook_settings`, :func:`list_setting` (papermill's
+  list parameters) and :func:`project_paths`.
 
 Layer 7 (tests/test_layout.py): these modules import each other and the layers below (``train``,
 ``checkpoints``, ``plots``, ``hashing``, ``backbones``, ``data``, ``results_table``, ``history``,
@@ -28,7 +29,7 @@ from .checkpoint_ops import (
     export_checkpoint,
 )
 from .config import LIST_OPTIONS, METHODS, ExperimentConfig, config_hash
-from .notebook import PROFILES, WORLDS, notebook_settings, project_paths
+from .notebook import PROFILES, WORLDS, list_setting, notebook_settings, project_paths
 from .results import append_result, find_result, read_results
 from .runner import (
     DEFAULT_CACHE,
@@ -61,6 +62,7 @@ __all__ = [
     "expand_grid",
     "export_checkpoint",
     "find_result",
+    "list_setting",
     "load_exported",
     "notebook_settings",
     "project_paths",

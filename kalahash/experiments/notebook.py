@@ -1,6 +1,7 @@
 """The notebooks' settings: profiles (:data:`PROFILES`: ``smoke`` on the built-in world, ``paper`` on
 real data), :func:`notebook_settings` (a profile with papermill's parameters on top, list settings
-parsed from text) and :func:`project_paths` (where results, figures and the cache go)."""
+parsed from text by :func:`list_setting`) and :func:`project_paths` (where results, figures and the
+cache go)."""
 
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ PROFILES: dict[str, dict[str, Any]] = {
 _LIST_SETTINGS = ("shots", "scaling_shots", "seeds", "methods")
 
 
-def _as_list(name: str, value: Any) -> list[Any]:
-    """Lists as papermill's ``-p`` passes them: a list, one value, or text such as "[1, 2]" or "1 2"."""
+def list_setting(name: str, value: Any) -> list[Any]:
+    """A list setting of a notebook as papermill's ``-p`` passes it: a list, one value, or text such as
+    "[1, 2]" or "1 2" (ValueError naming the setting when it is empty)."""
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -83,7 +85,7 @@ def notebook_settings(profile: str = "auto", **given: Any) -> dict[str, Any]:
     settings["dataset"] = resolve_dataset_name(settings["dataset"])
     for name in _LIST_SETTINGS:
         if name in settings:
-            settings[name] = _as_list(name, settings[name])
+            settings[name] = list_setting(name, settings[name])
     if settings["dataset"] not in WORLDS and settings.get("data_root") is None:
         default = default_data_root(settings["dataset"])
         settings["data_root"] = str(default if default.is_absolute() else project_paths()["root"] / default)
