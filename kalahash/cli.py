@@ -15,7 +15,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from .experiments import DEFAULT_CACHE, DEFAULT_RESULTS, METHODS, ExperimentConfig
+from .experiments import DEFAULT_CACHE, DEFAULT_RESULTS, LIST_OPTIONS, METHODS, ExperimentConfig
 from .hashing.knowledge import KNOWLEDGE_MODES
 
 _DEFAULTS = ExperimentConfig()
@@ -124,6 +124,12 @@ def _add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
         metavar="KEY=VALUE",
         help="override one method hyperparameter, e.g. --hp rank=4 --hp strength=0.3 (repeatable)",
     )
+    _add_scoring_args(p)
+    _add_run_options(p)
+
+
+def _add_scoring_args(p: argparse.ArgumentParser) -> None:
+    """How mAP is scored: ``run``, ``sweep`` and ``eval``."""
     p.add_argument("--topk", type=int, default=None, help="mAP@K cut-off (default: the data set's protocol)")
     p.add_argument(
         "--ties",
@@ -131,7 +137,6 @@ def _add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
         choices=("index", "average"),
         help="tie rule of mAP: database index order, or the exact average over tie orders",
     )
-    _add_run_options(p)
 
 
 def _add_list_args(p: argparse.ArgumentParser) -> None:
@@ -148,23 +153,31 @@ def _add_list_args(p: argparse.ArgumentParser) -> None:
 
 
 def _list_options(args: argparse.Namespace) -> dict[str, str]:
-    names = ("train_list", "query_list", "database_list", "classnames")
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    return {n: getattr(args, n) for n in LIST_OPTIONS if getattr(args, n) is not None}
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
+def _add_results_args(p: argparse.ArgumentParser) -> None:
+    """Where runs keep their rows and their cache: ``demo``, ``run`` and ``sweep``."""
     p.add_argument(
         "--results", default=str(DEFAULT_RESULTS), help="results table, CSV (default: %(default)s)"
-    )
-    p.add_argument(
-        "--workdir",
-        default=None,
-        help="folder for few-shot split lists and remembered data checks (default: the results table's)",
     )
     p.add_argument(
         "--cache",
         default=str(DEFAULT_CACHE),
         help="frozen-prefix token cache folder; 'none' disables it (default: %(default)s)",
+    )
+
+
+def _cache_folder(args: argparse.Namespace) -> str | None:
+    return None if args.cache == "none" else args.cache
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    _add_results_args(p)
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="folder for few-shot split lists and remembered data checks (default: the results table's)",
     )
     p.add_argument("--force", action="store_true", help="run even if the results table has this config")
     p.add_argument(
@@ -184,7 +197,7 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "results": args.results,
         "workdir": args.workdir,
-        "cache": None if args.cache == "none" else args.cache,
+        "cache": _cache_folder(args),
         "force": args.force,
         "allow_failed_check": args.allow_failed_check,
         "strict_shots": args.strict_shots,
@@ -308,7 +321,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         force=args.force,
         progress=not args.quiet,
-        cache=None if args.cache == "none" else args.cache,
+        cache=_cache_folder(args),
     )
     _print_table(table)
     _warn_flags(table)
@@ -504,12 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="LB, FFT, LoRA and KALAHash on the built-in offline world (minutes on a CPU)"
     )
     p.add_argument("--out", default="figures", help="folder for figures and the table (default: %(default)s)")
-    p.add_argument("--results", default=str(DEFAULT_RESULTS), help="results table (default: %(default)s)")
-    p.add_argument(
-        "--cache",
-        default=str(DEFAULT_CACHE),
-        help="frozen-prefix token cache folder; 'none' disables it (default: %(default)s)",
-    )
+    _add_results_args(p)
     p.add_argument("--shots", type=int, default=1, help="(default: %(default)s)")
     p.add_argument("--bits", type=int, default=16, help="(default: %(default)s)")
     p.add_argument("--epochs", type=int, default=100, help="(default: %(default)s)")
@@ -535,8 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="default: the checkpoint's data set")
     p.add_argument("--data-root", default=None, help="default: the checkpoint's data root")
     p.add_argument("--pretrained", default=None, help="backbone weights, if not the checkpoint's")
-    p.add_argument("--topk", type=int, default=None, help="mAP@K cut-off (default: the data set's protocol)")
-    p.add_argument("--ties", default="index", choices=("index", "average"), help="tie rule of mAP")
+    _add_scoring_args(p)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)

@@ -11,9 +11,10 @@ def fresh_tiny(seed: int = 0):
     return load_backbone("tiny")
 
 
-def tiny_list_dataset(root, duplicate_query_into_database: bool = False) -> None:
+def tiny_list_dataset(root, duplicate_query_into_database: bool = False, prefix: str = "") -> None:
     """A DeepHash-style list-file data set of real PNG files at ``root``: 2 classes, 6 train, 2 query,
-    6 database; with ``duplicate_query_into_database`` a query picture reappears under another name."""
+    6 database; with ``duplicate_query_into_database`` a query picture reappears under another name.
+    ``prefix`` starts every file name (two folders with other prefixes hold other images' ids)."""
     import numpy as np
     from PIL import Image
 
@@ -22,8 +23,17 @@ def tiny_list_dataset(root, duplicate_query_into_database: bool = False) -> None
     if duplicate_query_into_database:
         pixels[13] = pixels[0]
     for i, image in enumerate(pixels):
-        Image.fromarray(image).save(root / "images" / f"{i}.png")
+        Image.fromarray(image).save(root / "images" / f"{prefix}{i}.png")
     label = ["1 0", "0 1"]
     (root / "classnames.txt").write_text("cat\ndog\n")
     for name, (lo, hi) in {"query.txt": (0, 2), "train.txt": (2, 8), "gallery.txt": (8, 14)}.items():
-        (root / name).write_text("".join(f"{i}.png {label[i % 2]}\n" for i in range(lo, hi)))
+        (root / name).write_text("".join(f"{prefix}{i}.png {label[i % 2]}\n" for i in range(lo, hi)))
+
+
+def cli_run_args(tmp_path, *extra: str, epochs: int = 2) -> list[str]:
+    """``kalahash run`` on the shapes world with the random-init tiny backbone, quiet, its results table
+    and prefix cache under ``tmp_path``; ``extra`` options follow."""
+    return [
+        "run", "--dataset", "shapes", "--backbone", "tiny", "--epochs", str(epochs), "--quiet",
+        "--results", str(tmp_path / "results.csv"), "--cache", str(tmp_path / "cache"), *extra,
+    ]  # fmt: skip

@@ -3,22 +3,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import cli_run_args, tiny_list_dataset
 from PIL import Image
 
 from kalahash.cli import main
 from kalahash.data import ShortShotsWarning
 
 
-def _run_args(tmp_path, *extra: str) -> list[str]:
-    return [
-        "run", "--dataset", "shapes", "--backbone", "tiny", "--epochs", "2", "--quiet",
-        "--results", str(tmp_path / "results.csv"), "--cache", str(tmp_path / "cache"), *extra,
-    ]  # fmt: skip
-
-
 def test_run_writes_a_row_and_skips_a_repeat(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(_run_args(tmp_path, "--method", "lb")) == 0
+    assert main(cli_run_args(tmp_path, "--method", "lb")) == 0
     out = capsys.readouterr().out
     assert "seed 42: mAP@" in out and "[done]" in out
     table = pd.read_csv(tmp_path / "results.csv")
@@ -37,14 +31,14 @@ def test_run_writes_a_row_and_skips_a_repeat(tmp_path, capsys, monkeypatch):
     split_dir = tmp_path / "splits" / f"shapes-{row['data_fingerprint'][:12]}-split0"
     assert (split_dir / "shapes_1shot_seed42.txt").exists()
     assert not (tmp_path / "results").exists()
-    assert main(_run_args(tmp_path, "--method", "lb")) == 0
+    assert main(cli_run_args(tmp_path, "--method", "lb")) == 0
     assert "stored result" in capsys.readouterr().out
     assert len(pd.read_csv(tmp_path / "results.csv")) == 1
 
 
 def test_run_with_several_seeds_prints_mean_and_std(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(_run_args(tmp_path, "--method", "lb", "--seeds", "0", "1")) == 0
+    assert main(cli_run_args(tmp_path, "--method", "lb", "--seeds", "0", "1")) == 0
     out = capsys.readouterr().out
     assert "seed 0:" in out and "seed 1:" in out and "±" in out
     assert len(pd.read_csv(tmp_path / "results.csv")) == 2
@@ -163,8 +157,6 @@ def test_the_method_runs_on_a_folder_of_own_images(tmp_path, capsys):
 
 
 def test_own_list_files_from_the_cli(tmp_path, capsys):
-    from helpers import tiny_list_dataset
-
     tiny_list_dataset(tmp_path / "mine")
     lists = ["--dataset", "listfile", "--data-root", str(tmp_path / "mine"), "--train-list", "train.txt",
              "--query-list", "query.txt", "--database-list", "gallery.txt", "--classnames", "classnames.txt"]  # fmt: skip
@@ -184,7 +176,7 @@ def test_own_list_files_from_the_cli(tmp_path, capsys):
 
 def test_resume_without_checkpoint_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="--resume needs --checkpoint"):
-        main(_run_args(tmp_path, "--resume"))
+        main(cli_run_args(tmp_path, "--resume"))
     assert not (tmp_path / "results.csv").exists()
 
 
@@ -200,7 +192,7 @@ def test_cuda_without_a_gpu_says_so(tmp_path, capsys, monkeypatch):
 
 def test_files_follow_the_results_table_or_the_workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(_run_args(tmp_path / "a", "--method", "lb", "--workdir", str(tmp_path / "w"))) == 0
+    assert main(cli_run_args(tmp_path / "a", "--method", "lb", "--workdir", str(tmp_path / "w"))) == 0
     assert (tmp_path / "w" / "splits").is_dir() and (tmp_path / "w" / "data_checks").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "w"]  # nothing under the working directory
 

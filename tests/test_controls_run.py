@@ -5,6 +5,7 @@ import json
 
 import pandas as pd
 import pytest
+from helpers import cli_run_args
 
 from kalahash.cli import main
 from kalahash.experiments import LIST_OPTIONS, ExperimentConfig, read_results, run_experiment, summarize
@@ -94,22 +95,15 @@ def test_summarize_groups_by_knowledge_and_marks_flagged_groups():
     assert "knowledge" not in old and "flags" not in old and old.iloc[0]["seeds"] == 4
 
 
-def _run_args(tmp_path, *extra: str) -> list[str]:
-    return [
-        "run", "--dataset", "shapes", "--backbone", "tiny", "--epochs", "1", "--quiet",
-        "--results", str(tmp_path / "results.csv"), "--cache", str(tmp_path / "cache"), *extra,
-    ]  # fmt: skip
-
-
 def test_cli_knowledge_option(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(_run_args(tmp_path, "--method", "kalahash", "--knowledge", "random")) == 0
+    assert main(cli_run_args(tmp_path, "--method", "kalahash", "--knowledge", "random", epochs=1)) == 0
     assert read_results(tmp_path / "results.csv")["knowledge"].tolist() == ["random"]
     with pytest.raises(SystemExit) as exit_info:
-        main(_run_args(tmp_path, "--knowledge", "bogus"))
+        main(cli_run_args(tmp_path, "--knowledge", "bogus", epochs=1))
     assert exit_info.value.code == 2
     assert "argument --knowledge: invalid choice: 'bogus'" in capsys.readouterr().err
-    assert main(_run_args(tmp_path, "--method", "lb", "--knowledge", "permuted")) == 2
+    assert main(cli_run_args(tmp_path, "--method", "lb", "--knowledge", "permuted", epochs=1)) == 2
     assert "method 'lb' does not: use knowledge='true'" in capsys.readouterr().err
 
 
@@ -121,7 +115,7 @@ def test_cli_warns_about_flagged_runs(tmp_path, capsys, monkeypatch):
                 "flags": "anchors_collapsed;codes_collapsed", "skipped": False, "resumed_from_epoch": 0}  # fmt: skip
 
     monkeypatch.setattr(kalahash.experiments, "run_experiment", flagged)
-    assert main(_run_args(tmp_path, "--method", "kalahash", "--seeds", "4")) == 0
+    assert main(cli_run_args(tmp_path, "--method", "kalahash", "--seeds", "4", epochs=1)) == 0
     captured = capsys.readouterr()
     assert "seed 4: mAP@10 = 0.1000" in captured.out
     assert "WARNING: method kalahash, knowledge true, shots 1, bits 16, seed 4" in captured.err

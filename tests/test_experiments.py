@@ -1,33 +1,15 @@
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import tiny_list_dataset
 from PIL import Image
 
 from kalahash.cli import main
 from kalahash.experiments import ExperimentConfig, notebook_settings, project_paths, run_experiment
 from kalahash.plots import save_figure, shot_scaling
 from kalahash.train import load_checkpoint
-
-
-def _list_dataset(root, duplicate_query_into_database: bool, prefix: str = "") -> None:
-    """A tiny DeepHash-style data set with real PNG files: 2 classes, 6 train, 2 query, 6 database."""
-    (root / "images").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    names = []
-    for i in range(14):
-        pixels = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / "images" / f"{prefix}{i}.png")
-        names.append(f"{prefix}{i}.png")
-    if duplicate_query_into_database:  # the same picture under another name
-        Image.open(root / "images" / f"{prefix}0.png").save(root / "images" / f"{prefix}13.png")
-    label = ["1 0", "0 1"]
-    (root / "classnames.txt").write_text("cat\ndog\n")
-    (root / "query.txt").write_text("".join(f"{names[i]} {label[i % 2]}\n" for i in range(0, 2)))
-    (root / "train.txt").write_text("".join(f"{names[i]} {label[i % 2]}\n" for i in range(2, 8)))
-    (root / "gallery.txt").write_text("".join(f"{names[i]} {label[i % 2]}\n" for i in range(8, 14)))
 
 
 def _config(root, **kw) -> ExperimentConfig:
@@ -38,7 +20,7 @@ def _config(root, **kw) -> ExperimentConfig:
 
 def test_run_refuses_data_whose_check_failed(tmp_path):
     root = tmp_path / "data"
-    _list_dataset(root, duplicate_query_into_database=True)
+    tiny_list_dataset(root, duplicate_query_into_database=True)
     with pytest.raises(ValueError, match=r"(?s)data check of 'nuswide' failed.*PROBLEM.*allow_failed_check"):
         run_experiment(
             _config(root, method="lb"), results=tmp_path / "r.csv", workdir=tmp_path / "w", progress=False
@@ -53,7 +35,7 @@ def test_run_refuses_data_whose_check_failed(tmp_path):
 
 def test_rows_carry_provenance_and_the_split_file(tmp_path):
     root = tmp_path / "data"
-    _list_dataset(root, duplicate_query_into_database=False)
+    tiny_list_dataset(root, duplicate_query_into_database=False)
     row = run_experiment(_config(root, method="kalahash", seed=3), results=tmp_path / "r.csv", workdir=tmp_path / "w",
                          cache=tmp_path / "cache", progress=False)  # fmt: skip
     for column in (
@@ -81,7 +63,7 @@ def test_rows_carry_provenance_and_the_split_file(tmp_path):
 
 def test_data_check_verdict_follows_the_files(tmp_path):
     root = tmp_path / "data"
-    _list_dataset(root, duplicate_query_into_database=False)
+    tiny_list_dataset(root, duplicate_query_into_database=False)
     image = root / "images" / "9.png"  # in the database
     raw = image.read_bytes()
     config = _config(root, method="lb")
@@ -101,7 +83,7 @@ def test_data_check_verdict_follows_the_files(tmp_path):
 def test_two_data_folders_keep_their_own_splits_in_one_workdir(tmp_path):
     rows = []
     for name in ("a", "b"):  # same data set name, different images and lists
-        _list_dataset(tmp_path / name, duplicate_query_into_database=False, prefix=name)
+        tiny_list_dataset(tmp_path / name, duplicate_query_into_database=False, prefix=name)
         config = _config(tmp_path / name, method="lb")
         rows.append(run_experiment(config, results=None, workdir=tmp_path / "w", cache=None, progress=False))
     dirs = sorted(d.name for d in (tmp_path / "w" / "splits").iterdir())
@@ -112,7 +94,7 @@ def test_two_data_folders_keep_their_own_splits_in_one_workdir(tmp_path):
 def test_checkpoint_then_eval_and_export(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = tmp_path / "data"
-    _list_dataset(root, duplicate_query_into_database=False)
+    tiny_list_dataset(root, duplicate_query_into_database=False)
     ckpt = tmp_path / "lora.ckpt"
     common = ["--dataset", "nuswide", "--data-root", str(root), "--backbone", "tiny", "--epochs", "2",
               "--batch-size", "2", "--quiet"]  # fmt: skip

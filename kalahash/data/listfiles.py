@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._util import examples
-from .registry import default_data_root, register_dataset
+from .registry import Loader, default_data_root, register_dataset
 from .types import ImageList, RetrievalData
 
 # Role -> accepted file names: the release's (train/query/gallery), then DeepHash-pytorch's.
@@ -195,35 +195,41 @@ def _load_deephash_folder(
     return _list_dataset(dataset, lists, classnames, str(names_file), base, root, topk, info)
 
 
-@register_dataset("nuswide", aliases=("nus-wide", "nus_wide", "nuswide21"))
-def load_nuswide(
-    data_root: Path | None,
-    *,
-    seed: int = 0,
-    download: bool = False,
-    image_root: str | Path | None = None,
-    topk: int | None = 5000,
-) -> RetrievalData:
-    """NUS-WIDE (21 concepts) from DeepHash-style list files in ``data_root`` (default
+def _deephash_loader(dataset: str, doc: str) -> Loader:
+    """The loader of a DeepHash-style folder of list files: ``nuswide`` and ``coco`` take the same options."""
+
+    def load(
+        data_root: Path | None,
+        *,
+        seed: int = 0,
+        download: bool = False,
+        image_root: str | Path | None = None,
+        topk: int | None = 5000,
+    ) -> RetrievalData:
+        return _load_deephash_folder(dataset, data_root, download, image_root, topk)
+
+    load.__name__ = load.__qualname__ = f"load_{dataset}"
+    load.__doc__ = doc
+    return load
+
+
+load_nuswide = register_dataset("nuswide", aliases=("nus-wide", "nus_wide", "nuswide21"))(
+    _deephash_loader(
+        "nuswide",
+        """NUS-WIDE (21 concepts) from DeepHash-style list files in ``data_root`` (default
     ``data/nuswide``): ``train.txt`` plus ``query.txt``/``gallery.txt`` (release names) or
     ``test.txt``/``database.txt`` (DeepHash-pytorch names), and ``classnames.txt``. Listed paths are
     relative to ``image_root``, by default ``<data_root>/images`` if the images are there, else
-    ``data_root``. mAP@5000. ``info["convention"]`` says which list names were found."""
-    return _load_deephash_folder("nuswide", data_root, download, image_root, topk)
-
-
-@register_dataset("coco", aliases=("mscoco", "ms-coco", "coco2014"))
-def load_coco(
-    data_root: Path | None,
-    *,
-    seed: int = 0,
-    download: bool = False,
-    image_root: str | Path | None = None,
-    topk: int | None = 5000,
-) -> RetrievalData:
-    """MS-COCO (80 categories), laid out like :func:`load_nuswide` in ``data_root`` (default
-    ``data/coco``). mAP@5000."""
-    return _load_deephash_folder("coco", data_root, download, image_root, topk)
+    ``data_root``. mAP@5000. ``info["convention"]`` says which list names were found.""",
+    )
+)
+load_coco = register_dataset("coco", aliases=("mscoco", "ms-coco", "coco2014"))(
+    _deephash_loader(
+        "coco",
+        """MS-COCO (80 categories), laid out like :func:`load_nuswide` in ``data_root`` (default
+    ``data/coco``). mAP@5000.""",
+    )
+)
 
 
 @register_dataset("listfile", aliases=("lists",))
