@@ -1,11 +1,21 @@
 """kalahash: knowledge-anchored low-resource adaptation of CLIP for deep hashing.
 
-Layers, each importing only from those before it (tests/test_layout.py checks this):
-``fileio``/``hamming`` (the Hamming ranking engine)/``presets`` → ``metrics``, ``data``, ``history`` (run
-histories and flags) → ``world`` (built-in worlds, registered with data), ``backbones`` → ``lora`` (adapters) →
-``hashing`` (heads, losses, KIDDO, the hasher) → ``cache``, ``checkpoints``, ``plots`` → ``train`` →
-``experiments``, ``pretrain``, ``search`` → ``studies``, ``efficiency``, ``reproduce`` (what the notebooks
-run) → ``cli`` (and the notebooks).
+What lives where, by layer: a module imports only from layers before its own (or from inside its own
+package); tests/test_layout.py holds the table and checks it, README's "How the pieces fit" has a row
+for each module.
+
+0. ``fileio`` (atomic writes), ``hamming`` (the Hamming ranking engine), ``presets`` (hyperparameters),
+   ``machine`` (device, provenance);
+1. ``metrics``, ``results_table``, ``data/`` (data sets, loaders, few-shot protocol, checks),
+   ``history`` (run histories and flags), ``slip`` (SLIP models);
+2. ``world`` (the built-in worlds, registered with data), ``backbones``, ``codestore`` (codes folders);
+3. ``lora`` (adapters);
+4. ``hashing/`` (heads, losses, KIDDO, the hasher and its factory);
+5. ``cache`` (frozen-prefix tokens), ``checkpoints``, ``plots``;
+6. ``train``, ``embeddings``;
+7. ``experiments/`` (runs, sweeps, notebook settings), ``pretrain``, ``search``;
+8. ``studies``, ``efficiency``, ``reproduce``, ``views`` (what the notebooks run);
+9. ``cli`` (and the notebooks).
 """
 
 __version__ = "0.1.0"

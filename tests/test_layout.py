@@ -43,6 +43,7 @@ LAYERS = {
     "train": 6,
     # features, codes, silhouettes and UMAP views of trained hashers, for the figures
     "embeddings": 6,
+    # runs, sweeps and the notebooks' settings: a package whose modules import each other
     "experiments": 7,
     "pretrain": 7,
     "search": 7,

@@ -16,7 +16,8 @@ What lives where:
 - ``cifar10``, ``listfiles`` (``nuswide``, ``coco``, ``listfile``), ``folder``: the loaders;
 - ``checks``: :func:`check_data`, :func:`data_fingerprint` (ids and labels), :func:`content_stamp`
   (file sizes and times, in-memory pixels: whether a remembered check still holds) and
-  :func:`file_stamp` (one file's size and time, or its error; the prefix cache keys on it too).
+  :func:`file_stamp` (one file's size and time, or its error; the prefix cache keys on it too);
+- ``_util``: small checks and message pieces the loaders and the protocol share.
 
 The offline worlds ``shapes`` / ``shapes-multi`` are registered by :mod:`kalahash.world` itself
 (``kalahash/__init__`` imports it). This package imports nothing of kalahash but ``kalahash.fileio``:

@@ -3,6 +3,11 @@
 A new loss subclasses :class:`HashLoss` (``terms(u, labels, indices)``, optionally ``setup``) and is
 registered with ``@register_loss("name")``; :func:`kalahash.hashing.build_hasher` then takes
 ``loss="name"``, alone or inside KIDDO.
+
+``base`` holds the registry and the shared pieces (:class:`HashLoss`, :class:`CenterLoss`, pair
+similarity); ``dpsh``, ``hashnet``, ``csq``, ``orthohash`` and ``mdsh`` one loss each. These modules
+import torch, numpy and, of kalahash, only ``hashing.heads`` (``sign``) and ``hashing.centers``: never
+the hasher, KIDDO or the factory, which build on them.
 """
 
 # isort: off
