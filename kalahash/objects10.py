@@ -40,10 +40,11 @@ no draws; two images could only coincide if all 3,072 bytes of their noise did.
 ``RandomState``, integer arithmetic and basic float operations only (no transcendental functions:
 rotations use a fixed table of cosines), so the same seed gives the same bytes on any machine.
 
-What the world is for: a tiny CLIP family (``tiny-objects-s/m/l``) pre-trained on it holds
-class-text knowledge whose K has full rank, zero-shot far above a 1-shot linear probe, as CLIP's is
-on CIFAR-10, with nuisances left for few-shot adaptation to discount. What it is not: a stand-in for
-natural images; absolute mAPs here say nothing about CIFAR-10's, only how methods compare.
+What the world is for: a tiny CLIP family (``tiny-objects-s/m/l``, 6 to 12 image blocks) pre-trained
+on it holds class-text knowledge with no words shared between classes, classifies zero-shot far
+above a 1-shot linear probe on its frozen features, as CLIP does on CIFAR-10, and leaves room for
+few-shot adaptation (zero-shot well below 1). What it is not: a stand-in for natural images;
+absolute mAPs here say nothing about CIFAR-10's, only how methods compare.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ WORLD_DATASETS: tuple[str, ...] = ("objects10", "objects10-multi")
 
 @dataclass(frozen=True)
 class _Split:
+    """Sizes of one retrieval set (module docstring: Protocol)."""
+
     total: int
     query_per_class: int
     train_per_class: int

@@ -3,6 +3,7 @@ weights and real knowledge."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import re
@@ -12,9 +13,9 @@ import open_clip
 import pytest
 import torch
 from safetensors import safe_open
+from scipy.stats import chi2
 
-import kalahash.objects10  # noqa: F401  (registers objects10 and objects10-multi)
-from kalahash import objects10
+from kalahash import objects10  # importing it registers objects10 and objects10-multi
 from kalahash.backbones import (
     BUILTIN_WEIGHTS,
     COMPACT_IDS,
@@ -26,6 +27,7 @@ from kalahash.data import load_dataset
 from kalahash.objects10 import CLASSNAMES, caption_pool, caption_words, make_retrieval_data
 from kalahash.pretrain import (
     _save_fp16_atomic,
+    add_pretrain_tiny_arguments,
     chance_level,
     knowledge_stats,
     pretrain_tiny,
@@ -148,8 +150,8 @@ def test_nuisances_are_independent_of_the_class():
     for values, k in ((objs.colour, 8), (objs.texture, 4), (small, 2), (edge, 2)):
         table = np.stack([np.bincount(values[classes == c], minlength=k) for c in range(10)])
         expected = table.sum(0, keepdims=True) * table.sum(1, keepdims=True) / table.sum()
-        chi2 = float(((table - expected) ** 2 / expected).sum())
-        assert chi2 < 9 * (k - 1) * 2.5  # df = 9 (k - 1); p < 1e-6 would need about 2.5 df
+        statistic = float(((table - expected) ** 2 / expected).sum())
+        assert chi2.sf(statistic, df=9 * (k - 1)) > 1e-3  # consistent with independence
 
 
 def test_colour_of_the_pixels_does_not_reveal_the_class(single):
@@ -198,6 +200,8 @@ def test_compact_weights_round_trip(tmp_path):
 
 
 def test_pretrain_smoke_family_config(tmp_path):
+    args = add_pretrain_tiny_arguments(argparse.ArgumentParser()).parse_args(["--config", "tiny-objects-m"])
+    assert (args.config, args.world, args.output) == ("tiny-objects-m", None, None)  # the built-in's file
     out = tmp_path / "m.safetensors"
     with pytest.raises(ValueError, match="world must be"):
         pretrain_tiny(out, config="tiny-objects-s", world="cifar", steps=1)
@@ -253,7 +257,8 @@ def test_family_provenance_matches_weights():
         assert provenance["model"] == name and provenance["world"] == "objects10"
         assert provenance["bytes"] == weights.stat().st_size
         assert provenance["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-        trained = provenance["knowledge"]["trained"]
+        trained, random_init = provenance["knowledge"]["trained"], provenance["knowledge"]["random_init"]
         # zero-shot far above a 1-shot linear probe on frozen features, as CLIP's on CIFAR-10
-        assert trained["objects10_zero_shot"] > trained["objects10_linear_probe_1shot"]
-        assert trained["k_numerical_rank"] >= 8
+        assert trained["objects10_zero_shot"] >= 1.5 * trained["objects10_linear_probe_1shot"]
+        # pre-training pulls the class prompts apart: a random text tower maps them all alike
+        assert trained["k_mean_pairwise_cosine"] < random_init["k_mean_pairwise_cosine"]
