@@ -8,8 +8,8 @@ for each module.
    ``machine`` (device, provenance);
 1. ``metrics``, ``results_table``, ``data/`` (data sets, loaders, few-shot protocol, checks),
    ``history`` (run histories and flags), ``slip`` (SLIP models);
-2. ``world`` (the built-in worlds, registered with data), ``backbones``, ``codestore`` (codes folders);
-3. ``lora`` (adapters);
+2. ``world`` (the ``shapes`` worlds, registered with data), ``backbones``, ``codestore`` (codes folders);
+3. ``objects10`` (the ``objects10`` worlds, drawn with world's primitives), ``lora`` (adapters);
 4. ``hashing/`` (heads, losses, KIDDO, the hasher and its factory);
 5. ``cache`` (frozen-prefix tokens), ``checkpoints``, ``plots``;
 6. ``train``, ``embeddings``;
@@ -21,7 +21,7 @@ for each module.
 __version__ = "0.1.0"
 
 # The worlds register themselves with the data-set registry on import; importing them here, after
-# the rest, makes load_dataset("shapes") work whatever the caller imported first.
-from . import data, world
+# the rest, makes load_dataset("shapes") or ("objects10") work whatever the caller imported first.
+from . import data, objects10, world
 
-__all__ = ["__version__", "data", "world"]
+__all__ = ["__version__", "data", "objects10", "world"]

@@ -34,11 +34,65 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 # Built-in pre-trained models that ship with the package: name -> (open_clip config, weights file).
+# tiny-objects-{s,m,l}: a family of increasing size pre-trained the same way on kalahash.objects10.
 BUILTIN_WEIGHTS: dict[str, tuple[str, Path]] = {
-    "tiny-shapes": ("tiny-shapes", WEIGHTS_DIR / "tiny-shapes.safetensors"),
+    name: (name, WEIGHTS_DIR / f"{name}.safetensors")
+    for name in ("tiny-shapes", "tiny-objects-s", "tiny-objects-m", "tiny-objects-l")
 }
+# Compact checkpoints store only the token-embedding rows a world's vocabulary uses, and their ids.
+COMPACT_ROWS, COMPACT_IDS = "token_embedding.rows", "token_embedding.ids"
 RANDOM = "random"
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+class CompactTokenEmbedding(nn.Module):
+    """A token embedding that holds only the rows of ``ids``, for pre-training on a closed vocabulary.
+
+    A tiny CLIP's full table (49,408 rows) is most of its parameters, yet a world's captions use a few
+    dozen tokens: training and storing just those rows saves time and space. Its state dict is the
+    compact checkpoint format (``token_embedding.rows`` and ``.ids``); :func:`expand_compact_state`
+    rebuilds the full table from it.
+    """
+
+    def __init__(self, full: nn.Embedding, ids: torch.Tensor) -> None:
+        super().__init__()
+        ids = torch.unique(ids.to(torch.long))  # sorted: the end-of-text token stays the largest id
+        if ids.numel() == 0 or int(ids[-1]) >= full.num_embeddings or int(ids[0]) < 0:
+            raise ValueError(f"ids must be token ids in [0, {full.num_embeddings}), got {ids.tolist()[:8]}")
+        self.rows = nn.Parameter(full.weight.detach()[ids].clone())
+        self.register_buffer("ids", ids)
+        lookup = torch.full((full.num_embeddings,), -1, dtype=torch.long)
+        lookup[ids] = torch.arange(len(ids))
+        self.register_buffer("lookup", lookup, persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        index = self.lookup[tokens]
+        if bool((index < 0).any()):
+            unknown = sorted(set(tokens[index < 0].tolist()))[:8]
+            raise ValueError(f"token ids {unknown} are outside this compact vocabulary")
+        return self.rows[index]
+
+
+def expand_compact_state(state: Mapping[str, torch.Tensor], num_embeddings: int) -> dict[str, torch.Tensor]:
+    """A compact state dict with the full ``token_embedding.weight`` rebuilt: the stored rows at their
+    ids, zeros elsewhere (so text of the world's vocabulary encodes exactly as it did in training)."""
+    state = dict(state)
+    rows, ids = state.pop(COMPACT_ROWS), state.pop(COMPACT_IDS).to(torch.long)
+    full = rows.new_zeros((num_embeddings, rows.shape[1]))
+    full[ids] = rows
+    state["token_embedding.weight"] = full
+    return state
+
+
+def _read_compact(path: Path) -> dict[str, torch.Tensor] | None:
+    """The tensors of a compact ``.safetensors`` checkpoint, None for any other file."""
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        keys = list(f.keys())  # a safe_open handle supports neither `in` nor iteration
+        return {k: f.get_tensor(k) for k in keys} if COMPACT_IDS in keys else None
 
 
 class SplitAttention(nn.Module):
@@ -426,8 +480,9 @@ def load_backbone(
     Parameters
     ----------
     name : an open_clip model name (``"ViT-B-32"``), our test config ``"tiny"``, a built-in
-        pre-trained model (``"tiny-shapes"``, shipped weights) or a SLIP model (``"SLIP-ViT-S-16"``,
-        weights from a local SLIP checkpoint file). ``available_models()`` lists them.
+        pre-trained model (``"tiny-shapes"``, ``"tiny-objects-s"``, ``-m``, ``-l``: shipped weights) or a
+        SLIP model (``"SLIP-ViT-S-16"``, weights from a local SLIP checkpoint file).
+        ``available_models()`` lists them.
     pretrained : an open_clip tag (``"openai"``), a path to a weights file, or ``None``: random
         weights for an open_clip name, the shipped weights for a built-in. ``"random"`` forces random.
     device : where to put the model; CPU by default.
@@ -468,11 +523,14 @@ def load_backbone(
             kwargs["force_quick_gelu"] = True
 
     try:
+        compact = _read_compact(Path(tag)) if tag is not None and _looks_like_path(tag) else None
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*QuickGELU mismatch.*")
             model, _, preprocess = open_clip.create_model_and_transforms(
-                config, pretrained=tag, device=device, **kwargs
+                config, pretrained=None if compact is not None else tag, device=device, **kwargs
             )
+        if compact is not None:
+            model.load_state_dict(expand_compact_state(compact, model.token_embedding.num_embeddings))
     except Exception as err:  # re-raised below with what to do; the cause stays chained
         if tag is not None and _looks_like_path(tag):
             raise ValueError(

@@ -36,7 +36,12 @@ _RELEASED: dict[str, dict[int, tuple[int, float, float, float, float]]] = {
     },
 }
 # Our offline worlds borrow the released values of the paper data set they imitate.
-_BORROWED = {"shapes": "cifar10", "shapes-multi": "nuswide"}
+_BORROWED = {
+    "shapes": "cifar10",
+    "shapes-multi": "nuswide",
+    "objects10": "cifar10",
+    "objects10-multi": "nuswide",
+}
 # Plain LoRA baseline: the release's default model config before per-setting overrides.
 LORA_BASELINE = {"rank": 8, "strength": 0.5}
 # For data sets the release has no setting for (a user's own): that default config and the paper's

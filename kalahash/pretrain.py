@@ -1,10 +1,12 @@
-"""Pre-training of the built-in ``tiny-shapes`` CLIP on the offline world, and zero-shot checks.
+"""Pre-training of the built-in tiny CLIPs on the offline worlds, and knowledge checks.
 
-``pretrain_tiny`` trains the registered open_clip config ``tiny-shapes`` from random weights with the
-CLIP contrastive loss on captioned images of :func:`kalahash.world.caption_pool`, then ships the
-whole model (the text tower too: KALAHash needs class-text knowledge) as fp16 safetensors next to a
-provenance JSON. :func:`zero_shot_accuracy` and :func:`linear_probe_accuracy` show that the knowledge
-is real: far above chance for the trained model, near chance for a random one.
+``pretrain_tiny`` trains a registered open_clip config (``tiny-shapes`` on the ``shapes`` world, the
+family ``tiny-objects-s/m/l`` on ``objects10``) from random weights with the CLIP contrastive loss on
+a world's captioned pre-training pool, then ships the whole model (the text tower too: KALAHash needs
+class-text knowledge) as fp16 safetensors next to a provenance JSON. Worlds that declare their
+vocabulary train and store only the token-embedding rows it uses (``CompactTokenEmbedding``).
+:func:`zero_shot_accuracy`, :func:`linear_probe_accuracy` and :func:`knowledge_stats` show that the
+knowledge is real: far above chance for a trained model, near chance for a random one.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import datetime as dt
 import hashlib
 import json
 import math
+import os
 import platform
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +31,49 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kalahash.backbones import BUILTIN_WEIGHTS, Backbone, load_backbone
-from kalahash.data import ImageList, RetrievalData
+from kalahash import objects10, world
+from kalahash.backbones import BUILTIN_WEIGHTS, Backbone, CompactTokenEmbedding, load_backbone
+from kalahash.data import ImageList, RetrievalData, load_dataset
 from kalahash.fileio import atomic_write, atomic_write_text
-from kalahash.world import HELD_OUT_PAIRS, caption_pool, make_retrieval_data
 
-CONFIG = "tiny-shapes"
-DEFAULT_OUTPUT = BUILTIN_WEIGHTS[CONFIG][1]
+
+@dataclass(frozen=True)
+class PretrainWorld:
+    """What pre-training needs of a world: its caption pool, its retrieval sets and its vocabulary."""
+
+    caption_pool: Callable[..., tuple[np.ndarray, list[str]]]  # (n, seed=, start=) -> images, captions
+    pool_name: str  # for the provenance
+    single: str  # single-label retrieval set (zero-shot, linear probes)
+    multi: str  # multi-label companion (zero-shot top-1 hit rate)
+    words: tuple[str, ...] | None = None  # caption vocabulary; None keeps the full token table
+    held_out: frozenset[str] = frozenset()  # class names never captioned in pre-training
+
+
+WORLDS: dict[str, PretrainWorld] = {
+    # tiny-shapes keeps the full token table: its shipped weights predate compact storage.
+    "shapes": PretrainWorld(
+        world.caption_pool,
+        "kalahash.world.caption_pool",
+        "shapes",
+        "shapes-multi",
+        held_out=frozenset(f"{t} {s}" for t, s in world.HELD_OUT_PAIRS),
+    ),
+    "objects10": PretrainWorld(
+        objects10.caption_pool,
+        "kalahash.objects10.caption_pool",
+        "objects10",
+        "objects10-multi",
+        words=objects10.caption_words(),
+    ),
+}
+CONFIG = "tiny-shapes"  # the default config
+# The world each built-in config is pre-trained on.
+CONFIG_WORLDS: dict[str, str] = {
+    "tiny-shapes": "shapes",
+    "tiny-objects-s": "objects10",
+    "tiny-objects-m": "objects10",
+    "tiny-objects-l": "objects10",
+}
 DEFAULT_STEPS = 2000
 _CHUNK_STEPS = 50  # pool images are generated this many steps ahead
 
@@ -167,90 +208,119 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return 0.5 * lr * (1.0 + math.cos(math.pi * progress))
 
 
-def _save_fp16_atomic(model: nn.Module, output: Path) -> None:
+def _save_fp16_atomic(model: nn.Module, output: Path, config: str) -> None:
+    """Floating tensors as fp16 (integer buffers, such as compact token ids, as they are)."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
-    atomic_write(output, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "config": CONFIG}))
+    state = {
+        k: (v.to(torch.float16) if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    atomic_write(output, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "config": config}))
 
 
 def _write_json_atomic(data: dict[str, Any], path: Path) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def knowledge_report(backbone: Backbone, seed: int = 0) -> dict[str, Any]:
-    """Zero-shot (both world sets) and 1/4-shot linear probes of a backbone, with chance levels."""
-    shapes = make_retrieval_data("shapes", seed)
-    multi = make_retrieval_data("shapes-multi", seed)
-    per_class = per_class_zero_shot(backbone, shapes)
-    held = {f"{t} {s}" for t, s in HELD_OUT_PAIRS}
+def vocabulary_ids(tokenizer: Any, words: tuple[str, ...]) -> torch.Tensor:
+    """Sorted token ids of ``words`` plus padding (0), start- and end-of-text: every token that a
+    caption made of these words can produce, the rows a compact token embedding keeps."""
+    ids = {0, tokenizer.sot_token_id, tokenizer.eot_token_id}
+    for word in words:
+        ids.update(tokenizer.encode(word))
+    return torch.tensor(sorted(ids), dtype=torch.long)
+
+
+def knowledge_stats(knowledge: torch.Tensor) -> dict[str, float]:
+    """Shape of class-text knowledge K (C x D): mean row norm, mean cosine between distinct rows,
+    numerical rank (singular values needed for 99 % of the energy) and the common mean's energy share.
+    Compositional class names show as a high cosine and a rank below C (offline-world notes)."""
+    k = knowledge.double().cpu()
+    c = k.shape[0]
+    unit = F.normalize(k, dim=1)
+    cos = unit @ unit.T
+    energy = torch.linalg.svdvals(k) ** 2
+    share = torch.cumsum(energy, 0) / energy.sum()
     return {
-        "shapes_zero_shot": zero_shot_accuracy(backbone, shapes),
-        "shapes_zero_shot_seen_pairs": float(np.mean([v for k, v in per_class.items() if k not in held])),
-        "shapes_zero_shot_held_out_pairs": float(np.mean([v for k, v in per_class.items() if k in held])),
-        "shapes_zero_shot_per_class": per_class,
-        "shapes_chance": chance_level(shapes),
-        "shapes_multi_zero_shot_top1_hit": zero_shot_accuracy(backbone, multi),
-        "shapes_multi_chance": chance_level(multi),
-        "shapes_linear_probe_1shot": linear_probe_accuracy(backbone, shapes, shots=1, seed=seed),
-        "shapes_linear_probe_4shot": linear_probe_accuracy(backbone, shapes, shots=4, seed=seed),
+        "k_row_norm": float(k.norm(dim=1).mean()),
+        "k_mean_pairwise_cosine": float(cos[~torch.eye(c, dtype=torch.bool)].mean()) if c > 1 else 1.0,
+        "k_numerical_rank": int((share < 0.99).sum()) + 1,
+        "k_mean_energy_share": float(c * k.mean(0).norm() ** 2 / k.norm() ** 2),
     }
 
 
-def pretrain_tiny(
-    output: str | Path = DEFAULT_OUTPUT,
-    seed: int = 0,
-    steps: int = DEFAULT_STEPS,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    weight_decay: float = 0.1,
-    warmup: int = 100,
-    threads: int | None = None,
-    progress: bool = True,
-    evaluate: bool = True,
-) -> dict[str, Any]:
-    """Contrastively pre-train ``tiny-shapes`` on the offline world and save it (fp16 safetensors).
+def knowledge_report(backbone: Backbone, seed: int = 0, world: str = "shapes") -> dict[str, Any]:
+    """Zero-shot (both retrieval sets of ``world``), 1/4-shot linear probes, chance levels and the
+    shape of K (:func:`knowledge_stats`). Keys start with the set's name (``shapes_zero_shot``)."""
+    spec = _world(world)
+    single, multi = load_dataset(spec.single, seed=seed), load_dataset(spec.multi, seed=seed)
+    a, b = spec.single.replace("-", "_"), spec.multi.replace("-", "_")
+    per_class = per_class_zero_shot(backbone, single)
+    report: dict[str, Any] = {f"{a}_zero_shot": zero_shot_accuracy(backbone, single)}
+    if spec.held_out:
+        seen = [v for k, v in per_class.items() if k not in spec.held_out]
+        report[f"{a}_zero_shot_seen_pairs"] = float(np.mean(seen))
+        report[f"{a}_zero_shot_held_out_pairs"] = float(np.mean([per_class[k] for k in spec.held_out]))
+    report |= {
+        f"{a}_zero_shot_per_class": per_class,
+        f"{a}_chance": chance_level(single),
+        f"{b}_zero_shot_top1_hit": zero_shot_accuracy(backbone, multi),
+        f"{b}_chance": chance_level(multi),
+        f"{a}_linear_probe_1shot": linear_probe_accuracy(backbone, single, shots=1, seed=seed),
+        f"{a}_linear_probe_4shot": linear_probe_accuracy(backbone, single, shots=4, seed=seed),
+    }
+    return report | knowledge_stats(backbone.text_knowledge(list(single.classnames)))
 
-    Parameters
-    ----------
-    output : the weights file to write (``.safetensors``); the provenance goes next to it as ``.json``.
-        The default is the file ``load_backbone("tiny-shapes")`` loads.
-    seed : seeds the random initialisation and picks the pre-training pool (``caption_pool(..., seed)``).
-    steps, batch_size : optimisation steps and image-caption pairs a step (fresh pool images each step).
-    lr, weight_decay, warmup : AdamW with linear warm-up and cosine decay to zero.
-    threads : torch CPU threads (default: torch's choice).
-    evaluate : measure zero-shot and linear-probe knowledge of the saved and of a random model.
 
-    Returns
-    -------
-    The provenance dict written to ``output`` with suffix ``.json``.
+def _world(name: str) -> PretrainWorld:
+    if name not in WORLDS:
+        raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {name!r}")
+    return WORLDS[name]
 
-    Examples
-    --------
-    >>> pretrain_tiny("/tmp/tiny.safetensors", steps=20)  # doctest: +SKIP
-    """
-    torch.set_flush_denormal(True)  # without it CPU steps are ~10x slower (offline-world notes)
+
+def _resolve(config: str, world: str | None, output: str | Path | None) -> tuple[str, Path]:
+    """The world and output file of a call: a built-in config's own unless given."""
+    if config not in open_clip.list_models():
+        known = ", ".join(CONFIG_WORLDS)
+        raise ValueError(f"config must be an open_clip model config (built-ins: {known}), got {config!r}")
+    if world is None:
+        if config not in CONFIG_WORLDS:
+            raise ValueError(f"config {config!r} has no default world: pass world= ({', '.join(WORLDS)})")
+        world = CONFIG_WORLDS[config]
+    _world(world)
+    if output is None:
+        if config not in BUILTIN_WEIGHTS:
+            raise ValueError(f"config {config!r} is not a built-in: pass output= (a .safetensors file)")
+        output = BUILTIN_WEIGHTS[config][1]
     output = Path(output)
     if output.suffix != ".safetensors":
         raise ValueError(f"output must end in .safetensors, got {str(output)!r}")
     if not output.parent.is_dir():
         raise FileNotFoundError(f"output folder {str(output.parent)!r} does not exist: create it first")
-    for arg, value in (("steps", steps), ("batch_size", batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be a positive int, got {value!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if threads is not None:
-        torch.set_num_threads(threads)
+    return world, output
 
-    started = dt.datetime.now(dt.timezone.utc)
-    t0 = time.perf_counter()
+
+def _build(config: str, seed: int, spec: PretrainWorld) -> tuple[nn.Module, Any]:
+    """A random-init model of ``config`` (seeded) and its tokenizer; compact token rows if the world
+    declares its vocabulary (the other rows never get a gradient: nothing is lost)."""
     torch.manual_seed(seed)
-    model = open_clip.create_model(CONFIG, pretrained=None)
-    model.train()
-    tokenizer = open_clip.get_tokenizer(CONFIG)
+    model = open_clip.create_model(config, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(config)
+    if spec.words is not None:
+        model.token_embedding = CompactTokenEmbedding(
+            model.token_embedding, vocabulary_ids(tokenizer, spec.words)
+        )
+    return model.train(), tokenizer
+
+
+def _train(
+    model: nn.Module, tokenizer: Any, spec: PretrainWorld, seed: int, steps: int, batch_size: int,
+    lr: float, weight_decay: float, warmup: int, progress: bool, desc: str,
+) -> list[float]:  # fmt: skip
+    """CLIP InfoNCE with AdamW, warm-up and cosine decay; fresh pool images every step. Returns losses."""
+    from tqdm.auto import tqdm
+
     loss_fn = open_clip.ClipLoss()
     optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     token_cache: dict[str, torch.Tensor] = {}
@@ -261,17 +331,15 @@ def pretrain_tiny(
             token_cache.update(zip(missing, tokenizer(missing), strict=True))
         return torch.stack([token_cache[c] for c in captions])
 
-    from tqdm.auto import tqdm
-
     losses: list[float] = []
-    bar = tqdm(range(steps), desc="pretrain tiny-shapes", disable=not progress, mininterval=2.0)
+    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0)
     chunk_images: np.ndarray | None = None
     chunk_captions: list[str] = []
     for step in bar:
         k = step % _CHUNK_STEPS
         if k == 0:  # each step sees new pool images: images step*batch .. (step+1)*batch-1
             chunk = min(_CHUNK_STEPS, steps - step) * batch_size
-            chunk_images, chunk_captions = caption_pool(chunk, seed=seed, start=step * batch_size)
+            chunk_images, chunk_captions = spec.caption_pool(chunk, seed=seed, start=step * batch_size)
         assert chunk_images is not None
         images = images_to_tensor(chunk_images[k * batch_size : (k + 1) * batch_size])
         texts = tokens(chunk_captions[k * batch_size : (k + 1) * batch_size])
@@ -279,7 +347,7 @@ def pretrain_tiny(
             group["lr"] = _lr_at(step, steps, lr, warmup)
         image_features = model.encode_image(images, normalize=True)
         text_features = model.encode_text(texts, normalize=True)
-        loss = loss_fn(image_features, text_features, model.logit_scale.exp())  # CLIP InfoNCE
+        loss = loss_fn(image_features, text_features, model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -291,16 +359,92 @@ def pretrain_tiny(
             bar.set_postfix(
                 loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}"
             )
-    train_seconds = time.perf_counter() - t0
+    return losses
+
+
+def pretrain_tiny(
+    output: str | Path | None = None,
+    seed: int = 0,
+    steps: int = DEFAULT_STEPS,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    warmup: int = 100,
+    threads: int | None = None,
+    progress: bool = True,
+    evaluate: bool = True,
+    config: str = CONFIG,
+    world: str | None = None,
+) -> dict[str, Any]:
+    """Contrastively pre-train a tiny CLIP on an offline world and save it (fp16 safetensors).
+
+    Parameters
+    ----------
+    output : the weights file to write (``.safetensors``); the provenance goes next to it as ``.json``.
+        Default: the file ``load_backbone(config)`` loads (built-in configs only).
+    seed : seeds the random initialisation and picks the pre-training pool (``caption_pool(..., seed)``).
+    steps, batch_size : optimisation steps and image-caption pairs a step (fresh pool images each step).
+    lr, weight_decay, warmup : AdamW with linear warm-up and cosine decay to zero.
+    threads : torch CPU threads (default: torch's choice; 1 is fastest on a busy machine).
+    evaluate : measure zero-shot, linear-probe knowledge and K's shape of the saved and of a random model.
+    config : the open_clip model config (``tiny-shapes``, ``tiny-objects-s``, ``-m``, ``-l``).
+    world : ``shapes`` or ``objects10``; default: the built-in config's (:data:`CONFIG_WORLDS`).
+
+    Returns
+    -------
+    The provenance dict written to ``output`` with suffix ``.json``.
+
+    Examples
+    --------
+    >>> pretrain_tiny("/tmp/tiny.safetensors", steps=20)  # doctest: +SKIP
+    >>> pretrain_tiny(config="tiny-objects-m", steps=1500, threads=1)  # doctest: +SKIP
+    """
+    torch.set_flush_denormal(True)  # without it CPU steps are ~10x slower (offline-world notes)
+    world, output = _resolve(config, world, output)
+    for arg, value in (("steps", steps), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{arg} must be a positive int, got {value!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    spec = WORLDS[world]
+
+    started = dt.datetime.now(dt.timezone.utc)
+    load_before = os.getloadavg()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    model, tokenizer = _build(config, seed, spec)
+    losses = _train(
+        model,
+        tokenizer,
+        spec,
+        seed,
+        steps,
+        batch_size,
+        lr,
+        weight_decay,
+        warmup,
+        progress,
+        f"pretrain {config}",
+    )
+    train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     model.eval()
-    _save_fp16_atomic(model, output)
+    _save_fp16_atomic(model, output, config)
+    full_params = sum(p.numel() for p in open_clip.create_model(config, pretrained=None).parameters())
 
     provenance: dict[str, Any] = {
-        "model": CONFIG,
+        "model": config,
+        "world": world,
         "weights": output.name,
         "sha256": hashlib.sha256(output.read_bytes()).hexdigest(),
         "bytes": output.stat().st_size,
         "dtype": "float16",
+        "parameters": full_params,
+        "stored_parameters": sum(p.numel() for p in model.parameters()),
+        "compact_vocabulary": spec.words is not None,
+        "image_blocks": len(model.visual.transformer.resblocks),
         "seed": seed,
         "steps": steps,
         "batch_size": batch_size,
@@ -308,16 +452,21 @@ def pretrain_tiny(
         "weight_decay": weight_decay,
         "warmup": warmup,
         "images_seen": steps * batch_size,
-        "pool": f"the first {steps * batch_size} images of kalahash.world.caption_pool(n, seed={seed})",
+        "pool": f"the first {steps * batch_size} images of {spec.pool_name}(n, seed={seed})",
         "final_loss": float(np.mean(losses[-50:])),
         "train_wall_seconds": round(train_seconds, 1),
+        "train_cpu_seconds": round(train_cpu, 1),
+        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "machine_note": "shared machine: wall time includes waiting for other jobs; CPU time does not",
         "started_utc": started.isoformat(timespec="seconds"),
         "call": (
             f"kalahash.pretrain.pretrain_tiny(output={output.name!r}, seed={seed}, steps={steps}, "
-            f"batch_size={batch_size}, lr={lr}, weight_decay={weight_decay}, warmup={warmup}, threads={threads})"
+            f"batch_size={batch_size}, lr={lr}, weight_decay={weight_decay}, warmup={warmup}, "
+            f"threads={threads}, config={config!r}, world={world!r})"
         ),
         "argv": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "",
         "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -326,16 +475,15 @@ def pretrain_tiny(
         },
     }
     if evaluate:
-        trained = load_backbone(
-            CONFIG, pretrained=output
-        )  # exactly what ships: fp16 weights, split attention
+        trained = load_backbone(config, pretrained=output)  # exactly what ships: fp16, split attention
         torch.manual_seed(seed)
-        random_init = load_backbone(CONFIG, pretrained="random")
+        random_init = load_backbone(config, pretrained="random")
         provenance["knowledge"] = {
-            "trained": knowledge_report(trained, seed),
-            "random_init": knowledge_report(random_init, seed),
+            "trained": knowledge_report(trained, seed, world),
+            "random_init": knowledge_report(random_init, seed, world),
         }
     provenance["total_wall_seconds"] = round(time.perf_counter() - t0, 1)
+    provenance["total_cpu_seconds"] = round(time.process_time() - cpu0, 1)
     _write_json_atomic(provenance, output.with_suffix(".json"))
     return provenance
 
@@ -343,7 +491,18 @@ def pretrain_tiny(
 def add_pretrain_tiny_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``kalahash pretrain-tiny``; ``pretrain_tiny(**vars(args))`` takes them as parsed
     (drop any keys the CLI adds itself, such as the sub-command)."""
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="weights file (.safetensors)")
+    parser.add_argument(
+        "--config",
+        default=CONFIG,
+        help="model config: tiny-shapes, tiny-objects-s/m/l (default: %(default)s)",
+    )
+    parser.add_argument("--world", default=None, help="shapes or objects10 (default: the config's world)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="weights file (.safetensors; default: the config's built-in)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="initialisation and pre-training pool seed")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimisation steps")
     parser.add_argument("--batch-size", type=int, default=128, help="image-caption pairs a step")
@@ -362,7 +521,7 @@ def main(argv: list[str] | None = None) -> None:
     provenance = pretrain_tiny(**vars(parser.parse_args(argv)))
     print(json.dumps({k: v for k, v in provenance.items() if k != "knowledge"}, indent=2))
     for model, report in provenance.get("knowledge", {}).items():
-        summary = {k: round(v, 3) for k, v in report.items() if isinstance(v, float)}
+        summary = {k: round(v, 3) for k, v in report.items() if isinstance(v, (int, float))}
         print(model, json.dumps(summary))
 
 

@@ -159,7 +159,7 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
 
 
-def _texture_mask(
+def texture_mask(
     texture: str, x: np.ndarray, y: np.ndarray, phase: np.ndarray, orient: np.ndarray
 ) -> np.ndarray:
     """Which pixels take the object's bright colour (the rest take its dark shade)."""
@@ -227,7 +227,7 @@ def _paint(canvas: np.ndarray, objs: _Objects) -> None:
         sel = np.flatnonzero(objs.texture == t)
         if sel.size:
             x, y = _IGRID[None, None, :], _IGRID[None, :, None]
-            bright[sel] = _texture_mask(texture, x, y, objs.phase[sel], objs.orient[sel])
+            bright[sel] = texture_mask(texture, x, y, objs.phase[sel], objs.orient[sel])
     rgb = objs.rgb.astype(np.int16)[:, None, None, :]
     pixel = np.where(bright[..., None], rgb, rgb // 4)  # bright colour or its dark shade
     canvas[objs.image] = np.where(inside[..., None], pixel, canvas[objs.image])
@@ -435,7 +435,7 @@ def _render_multi(rs: np.random.RandomState, n: int) -> tuple[np.ndarray, np.nda
     return _finish(rs, canvas), labels
 
 
-def _per_class_pick(
+def per_class_pick(
     rs: np.random.RandomState, labels: np.ndarray, available: np.ndarray, per_class: int
 ) -> np.ndarray:
     """DeepHash-style sampling: for each class in turn, ``per_class`` not-yet-taken images that have it."""
@@ -468,11 +468,11 @@ def _cached_retrieval_data(name: str, seed: int) -> RetrievalData:
         labels = np.concatenate([p[1] for p in parts])
     images.flags.writeable = False
     everything = ImageList(images, labels, [f"{name}:{i}" for i in range(split.total)])
-    query = _per_class_pick(rs, labels, np.ones(split.total, bool), split.query_per_class)
+    query = per_class_pick(rs, labels, np.ones(split.total, bool), split.query_per_class)
     rest = np.setdiff1d(np.arange(split.total), query)
     is_rest = np.zeros(split.total, bool)
     is_rest[rest] = True
-    train = _per_class_pick(rs, labels, is_rest, split.train_per_class)
+    train = per_class_pick(rs, labels, is_rest, split.train_per_class)
     splits = {"query": everything.subset(query), "train": everything.subset(train)}
     splits["database"] = everything.subset(rest)
     for part in splits.values():  # the cache hands out the same arrays to every caller: no edits

@@ -33,7 +33,7 @@ LAYERS = {
     "slip": 1,
     # the built-in worlds sit above data (they register with it); data never imports them
     "world": 2,
-    "objects10": 2,
+    "objects10": 3,
     "backbones": 2,
     "lora": 3,
     "hashing": 4,

@@ -31,6 +31,8 @@ def test_released_values_match_the_release():
         ("nuswide", 3, 16, "released 2-shot"),
         ("shapes", 1, 16, "borrowed from cifar10"),
         ("shapes-multi", 2, 64, "borrowed from nuswide"),
+        ("objects10", 1, 16, "borrowed from cifar10"),
+        ("objects10-multi", 4, 16, "borrowed from nuswide"),
     ],
 )
 def test_values_that_are_not_released_are_marked_ours(dataset, shots, bits, reason):
@@ -42,7 +44,7 @@ def test_values_that_are_not_released_are_marked_ours(dataset, shots, bits, reas
 def test_table_covers_every_setting_the_notebooks_use():
     table = preset_table()
     settings = {(p.dataset, p.shots, p.bits) for p in table}
-    for dataset in ("cifar10", "nuswide", "coco", "shapes", "shapes-multi"):
+    for dataset in ("cifar10", "nuswide", "coco", "shapes", "shapes-multi", "objects10", "objects10-multi"):
         for shots in PRESET_SHOTS:
             for bits in PRESET_BITS:
                 assert (dataset, shots, bits) in settings
