@@ -4,12 +4,13 @@ Naive runs every image through the whole image tower for every configuration (an
 epoch); cached runs the frozen blocks once per image and only the adapted last block afterwards.
 Target: >= 5x on the whole sweep, with the same mAP.
 
-    python benchmarks/bench_sweep.py                      # shapes world, tiny-shapes, 8 configs, 100 epochs
+    python benchmarks/bench_sweep.py                      # objects10 world, tiny-objects-m, 8 configs, 100 epochs
+    python benchmarks/bench_sweep.py --dataset shapes --backbone tiny-shapes   # the 4-block model
     python benchmarks/bench_sweep.py --quick              # 20 epochs
     python benchmarks/bench_sweep.py --backbone ViT-B-32  # 12 blocks (random init; the world resized to 224)
 
-How much the cache can save depends on the share of the image tower that is frozen: tiny-shapes has 4
-blocks with the adapters in the last, a ViT-B/32 has 12.
+How much the cache can save depends on the share of the image tower that is frozen: tiny-objects-m has
+12 blocks with the adapters in the last (as a ViT-B/32), tiny-shapes 4.
 """
 
 from __future__ import annotations
@@ -43,17 +44,18 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--backbone",
-        default="tiny-shapes",
-        help="tiny-shapes (built-in weights) or an open_clip name (random init)",
+        default="tiny-objects-m",
+        help="a built-in tiny CLIP (tiny-objects-m, tiny-shapes, ...) or an open_clip name (random init)",
     )
+    parser.add_argument("--dataset", default="objects10", help="a built-in world: objects10 or shapes")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     epochs = 20 if args.quick else 100
-    base = ExperimentConfig(dataset="shapes", backbone=args.backbone, epochs=epochs)
+    base = ExperimentConfig(dataset=args.dataset, backbone=args.backbone, epochs=epochs)
     configs = expand_grid(base, {"method": ["kalahash", "lora"], "shots": [1, 2], "bits": [16, 32]})
     print(
-        f"{len(configs)} configs (kalahash, lora x 1, 2 shots x 16, 32 bits), shapes world (query 1,200, database "
-        f"8,400), {args.backbone}, {epochs} epochs; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{len(configs)} configs (kalahash, lora x 1, 2 shots x 16, 32 bits), {args.dataset} world, "
+        f"{args.backbone}, {epochs} epochs; torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs ({platform.machine()}), device {args.device}; shared machine: timings are noisy"
     )
     with tempfile.TemporaryDirectory() as tmp:

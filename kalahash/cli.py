@@ -44,7 +44,8 @@ def _add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
     p.add_argument(
         "--dataset",
         default=_DEFAULTS.dataset,
-        help="data set name: shapes, shapes-multi (built-in offline worlds), cifar10, nuswide, coco, "
+        help="data set name: objects10, objects10-multi, shapes, shapes-multi (built-in offline worlds), "
+        "cifar10, nuswide, coco, "
         "folder, listfile (default: %(default)s)",
     )
     p.add_argument(
@@ -97,13 +98,14 @@ def _add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
     p.add_argument(
         "--backbone",
         default=_DEFAULTS.backbone,
-        help="open_clip model name (ViT-B-32, ...) or built-in tiny-shapes (default: %(default)s)",
+        help="open_clip model name (ViT-B-32, ...), SLIP-ViT-S-16, or a built-in CLIP: tiny-shapes, "
+        "tiny-objects-s/m/l (default: %(default)s)",
     )
     p.add_argument(
         "--pretrained",
         default=None,
         help="open_clip pretrained tag (e.g. openai) or a local weights file; default: the built-in "
-        "weights for tiny-shapes, random init otherwise",
+        "weights for the built-in tiny CLIPs, random init otherwise",
     )
     p.add_argument(
         "--seeds",
@@ -308,13 +310,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .experiments import run_demo
 
     print(
-        "KALAHash demo on the built-in offline world: synthetic 32x32 shapes and a tiny CLIP pre-trained on "
-        "them (kalahash/weights). Its numbers show the method at work on this world; they are not comparable "
-        "to the paper's CIFAR-10 / NUS-WIDE / MS-COCO results."
+        f"KALAHash demo on the built-in offline world {args.dataset!r} (synthetic 32x32 images) with "
+        f"{args.backbone!r}, a tiny CLIP pre-trained on its captions (kalahash/weights). Its numbers show the "
+        "methods at work on this world; they are not comparable to the paper's CIFAR-10 / NUS-WIDE / MS-COCO "
+        "results."
     )
     table = run_demo(
         args.out,
         args.results,
+        dataset=args.dataset,
+        backbone=args.backbone,
         shots=args.shots,
         bits=args.bits,
         epochs=args.epochs,
@@ -518,6 +523,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="figures", help="folder for figures and the table (default: %(default)s)")
     _add_results_args(p)
+    p.add_argument(
+        "--dataset", default="objects10", help="a built-in world: objects10, shapes (default: %(default)s)"
+    )
+    p.add_argument(
+        "--backbone",
+        default="tiny-objects-m",
+        help="a built-in CLIP: tiny-objects-s/m/l (objects10), tiny-shapes (shapes) (default: %(default)s)",
+    )
     p.add_argument("--shots", type=int, default=1, help="(default: %(default)s)")
     p.add_argument("--bits", type=int, default=16, help="(default: %(default)s)")
     p.add_argument("--epochs", type=int, default=100, help="(default: %(default)s)")
@@ -560,8 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "pretrain-tiny",
-        help="re-create the built-in tiny-shapes CLIP weights (about 12 min on 2 idle cores; "
-        "use --threads 1 on a busy machine)",
+        help="re-create a built-in tiny CLIP's weights (--config tiny-shapes, the default, about 12 min on 2 "
+        "idle cores; tiny-objects-s/m/l with --world objects10, 6 to 33 CPU-minutes each)",
     )
     add_pretrain_tiny_arguments(p)
     p.set_defaults(func=cmd_pretrain_tiny)

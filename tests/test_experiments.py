@@ -117,7 +117,9 @@ def test_checkpoint_then_eval_and_export(tmp_path, capsys, monkeypatch):
 
 
 def test_notebook_settings_pick_the_profile():
-    assert notebook_settings()["profile"] == "smoke" and notebook_settings()["dataset"] == "shapes"
+    smoke = notebook_settings()
+    assert (smoke["profile"], smoke["dataset"], smoke["backbone"]) == ("smoke", "objects10", "tiny-objects-m")
+    assert notebook_settings(dataset="shapes")["profile"] == "smoke"
     paper = notebook_settings(dataset="cifar10")
     assert (paper["profile"], paper["backbone"], paper["pretrained"]) == ("paper", "ViT-B-32", "openai")
     assert notebook_settings("smoke", seeds=[5])["seeds"] == [5]
