@@ -8,6 +8,7 @@ ViT, as SLIP's) behind one small interface, :class:`ImageTower`, which the hashe
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import logging
@@ -524,7 +525,9 @@ def load_backbone(
 
     try:
         compact = _read_compact(Path(tag)) if tag is not None and _looks_like_path(tag) else None
-        with warnings.catch_warnings():
+        # open_clip's "no pretrained weights loaded" is untrue for compact weights, loaded right after
+        quiet = _quiet_root_logger() if compact is not None else contextlib.nullcontext()
+        with warnings.catch_warnings(), quiet:
             warnings.filterwarnings("ignore", message=".*QuickGELU mismatch.*")
             model, _, preprocess = open_clip.create_model_and_transforms(
                 config, pretrained=None if compact is not None else tag, device=device, **kwargs

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .backbones import state_fingerprint
 from .data import ImageList, file_stamp

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .cache import PrefixCache, device_autocast
 from .data import ImageList

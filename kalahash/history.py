@@ -130,5 +130,6 @@ def flag_warnings(rows: pd.DataFrame | Iterable[Mapping[str, Any]]) -> list[str]
             what = ", ".join(
                 f"{k} {row[k]}" for k in ("method", "knowledge", "shots", "bits", "seed") if k in row
             )
-            lines.append(f"WARNING: {what} (config {row.get('config_id')}) flags: {';'.join(flags)}")
+            config = f" (config {row['config_id']})" if row.get("config_id") else ""
+            lines.append(f"WARNING: {what}{config} flags: {';'.join(flags)}")
     return lines

@@ -319,7 +319,7 @@ def _train(
     lr: float, weight_decay: float, warmup: int, progress: bool, desc: str,
 ) -> list[float]:  # fmt: skip
     """CLIP InfoNCE with AdamW, warm-up and cosine decay; fresh pool images every step. Returns losses."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     loss_fn = open_clip.ClipLoss()
     optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .backbones import state_fingerprint
 from .cache import device_autocast

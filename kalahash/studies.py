@@ -48,11 +48,11 @@ STUDY_SIZES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "shots": {"smoke": {"mdsh_fft_shots": [1, 2, 4]}, "paper": {}},
     "ablations": {
-        "smoke": {"shots": [1], "ablations": list(ABLATIONS)},
+        "smoke": {"shots": [1], "seeds": [0], "ablations": list(ABLATIONS)},
         "paper": {"shots": [1], "ablations": list(ABLATIONS)},
     },
     "plug_and_play": {
-        "smoke": {"shots": [1], "losses": list(PLUG_LOSSES)},
+        "smoke": {"shots": [1], "seeds": [0], "losses": list(PLUG_LOSSES)},
         "paper": {"shots": [1], "losses": list(PLUG_LOSSES)},
     },
     "efficiency": {
@@ -405,11 +405,28 @@ def embedding_grid(settings: Mapping[str, Any], bits: int = 16) -> list[Arm]:
 # Running and tables
 
 
+# The flag of an arm whose training loss became inf or NaN (train.check_finite_loss stopped it).
+DIVERGED = "loss_nonfinite"
+
+
+def _run_arm(arm: Arm, run_options: Mapping[str, Any]) -> dict[str, Any]:
+    """One arm's row. An arm whose loss became non-finite is a result of the study, not a crash: its
+    row has NaN mAP, the flag :data:`DIVERGED` and the error in ``error`` (it is not stored, so it
+    runs again next time and stops the same way)."""
+    try:
+        row = run_experiment(arm.config, **run_options)
+    except FloatingPointError as err:
+        nan = float("nan")
+        row = {"config_id": arm.config.config_id, **arm.config.to_row(), "map": nan,
+               "map_ties_index": nan, "map_ties_average": nan, "flags": DIVERGED, "error": str(err)}  # fmt: skip
+    return {"study": arm.study, "variant": arm.label, **row}
+
+
 def run_arms(arms: Sequence[Arm], **run_options: Any) -> pd.DataFrame:
     """Run every arm (``run_options`` go to :func:`run_experiment`; stored results are reused) and
-    return their rows, with the arm's ``study`` and ``variant`` (label) in front."""
-    rows = [{"study": a.study, "variant": a.label, **run_experiment(a.config, **run_options)} for a in arms]
-    return pd.DataFrame(rows)
+    return their rows, with the arm's ``study`` and ``variant`` (label) in front. An arm that diverged
+    gets NaN mAP and the flag :data:`DIVERGED` rather than stopping the study."""
+    return pd.DataFrame([_run_arm(a, run_options) for a in arms])
 
 
 def _rule_columns(rule: str) -> list[str]:

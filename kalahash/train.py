@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .cache import PrefixCache, device_autocast, images_fingerprint
 from .checkpoints import (

@@ -293,3 +293,23 @@ def test_markdown_table_and_bar_panels():
     fig = bar_panels(summary, "two panels", panel="dataset", label="method")
     assert [ax.get_title() for ax in fig.axes] == ["cifar10", "coco"]
     plt.close(fig)
+
+
+def test_a_diverged_arm_is_a_flagged_row_not_a_crash(monkeypatch):
+    import kalahash.studies as studies
+
+    arms = ablation_grid("components", study_settings("ablations", seeds=[0]))
+
+    def run(cfg, **_):
+        if cfg.method == "kalahash":
+            raise FloatingPointError("the loss became inf at epoch 89, step 1 (kalahash)")
+        return {"config_id": cfg.config_id, **cfg.to_row(), "map": 0.25, "map_ties_index": 0.25,
+                "map_ties_average": 0.25, "flags": ""}  # fmt: skip
+
+    monkeypatch.setattr(studies, "run_experiment", run)
+    rows = run_arms(arms)
+    diverged = rows[rows["flags"] == studies.DIVERGED]
+    assert len(diverged) == (rows["method"] == "kalahash").sum() > 0
+    assert diverged["map"].isna().all() and diverged["error"].str.contains("epoch 89").all()
+    table = tie_table(rows)
+    assert table.loc[table["variant"].isin(diverged["variant"]), "flags"].str.contains(studies.DIVERGED).all()

@@ -186,7 +186,7 @@ def check_data(
     file_paths = sorted({str(p) for images in splits.values() if not images.in_memory for p in images.images})
     file_results: dict[str, tuple[str | None, str | None]] = {}
     if file_paths:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         bar = tqdm(
             total=len(file_paths),

@@ -108,7 +108,7 @@ def download_cifar10(
     root.mkdir(parents=True, exist_ok=True)
     target = root / CIFAR10_ARCHIVE
     digest = hashlib.md5(usedforsecurity=False)
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     with atomic_path(target, suffix=".part") as tmp, open(tmp, "wb") as out:
         try:

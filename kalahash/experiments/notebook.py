@@ -19,7 +19,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "backbone": "tiny-objects-m",
         "pretrained": None,
         "shots": [1, 2, 4],
-        "scaling_shots": [1, 2, 4, 8, 16],
+        "scaling_shots": [1, 2, 4, 8],
         "seeds": [0, 1],
         "epochs": 100,
         "methods": ["lb", "fft", "lora", "kalahash"],
