@@ -57,7 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kalahash.data import ImageList, RetrievalData, register_world
-from kalahash.world import COLOURS, TEXTURES, per_class_pick, texture_mask
+from kalahash.world import COLOURS, TEXTURES, per_class_pick, randints, seeded_rng, texture_mask
 
 IMAGE_SIZE = 32
 CLASSNAMES: tuple[str, ...] = (
@@ -113,13 +113,7 @@ _PALETTE = np.array(list(COLOURS.values()), dtype=np.int64)
 
 
 def _rng(*entropy: int, block: int | None = None) -> np.random.RandomState:
-    spawn_key = () if block is None else (block,)
-    seq = np.random.SeedSequence(entropy=[_WORLD_TAG, *entropy], spawn_key=spawn_key)
-    return np.random.RandomState(np.random.MT19937(seq))
-
-
-def _ints(rs: np.random.RandomState, low: int, high: int, size: int | tuple[int, ...]) -> np.ndarray:
-    return rs.randint(low, high, size=size, dtype=np.int64)
+    return seeded_rng(_WORLD_TAG, *entropy, block=block)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -220,11 +214,11 @@ class _Objects:
 def _paint(rs: np.random.RandomState, canvas: np.ndarray, objs: _Objects) -> None:
     """Draw glyphs (rotated, mirrored, stretched at random) with colour and texture, in place."""
     m = len(objs.image)
-    rot = _ROTATIONS[_ints(rs, 0, len(_ROTATIONS), m)]
-    flip = np.where(_ints(rs, 0, 2, m) == 1, -1.0, 1.0)
+    rot = _ROTATIONS[randints(rs, 0, len(_ROTATIONS), m)]
+    flip = np.where(randints(rs, 0, 2, m) == 1, -1.0, 1.0)
     stretch = 0.85 + 0.3 * rs.random_sample(m)
-    phase, orient = _ints(rs, 0, 12, (m, 2)), _ints(rs, 0, 3, m)
-    rgb = np.clip(_PALETTE[objs.colour] + _ints(rs, -18, 19, (m, 3)), 0, 255).astype(np.int16)
+    phase, orient = randints(rs, 0, 12, (m, 2)), randints(rs, 0, 3, m)
+    rgb = np.clip(_PALETTE[objs.colour] + randints(rs, -18, 19, (m, 3)), 0, 255).astype(np.int16)
     dx = (_GRID[None, None, :] - objs.cx[:, None, None]) / objs.radius[:, None, None]
     dy = (_GRID[None, :, None] - objs.cy[:, None, None]) / objs.radius[:, None, None]
     cos, sin = rot[:, 0, None, None], rot[:, 1, None, None]
@@ -247,9 +241,9 @@ def _paint(rs: np.random.RandomState, canvas: np.ndarray, objs: _Objects) -> Non
 
 def _background(rs: np.random.RandomState, n: int) -> np.ndarray:
     """Grey with a tint, then flat, a horizontal or vertical gradient, or faint 8-px checks."""
-    grey = _ints(rs, 85, 166, (n, 1, 1, 1)) + _ints(rs, -12, 13, (n, 1, 1, 3))
-    kind = _ints(rs, 0, 4, n)[:, None, None, None]
-    slope = _ints(rs, -8, 9, (n, 1, 1, 1))
+    grey = randints(rs, 85, 166, (n, 1, 1, 1)) + randints(rs, -12, 13, (n, 1, 1, 3))
+    kind = randints(rs, 0, 4, n)[:, None, None, None]
+    slope = randints(rs, -8, 9, (n, 1, 1, 1))
     x, y = _IGRID[None, None, :, None], _IGRID[None, :, None, None]
     ramp = np.where(kind == 1, (x - 16) * slope // 8, np.where(kind == 2, (y - 16) * slope // 8, 0))
     checks = np.where(kind == 3, ((x // 8 + y // 8) % 2) * 12 - 6, 0)
@@ -259,31 +253,31 @@ def _background(rs: np.random.RandomState, n: int) -> np.ndarray:
 def _clutter(rs: np.random.RandomState, canvas: np.ndarray) -> None:
     """0-2 small unnamed blobs an image (disc, square, ring or bar, any colour), under the objects."""
     n = len(canvas)
-    count = np.minimum(_ints(rs, 0, 5, n), 2)  # 0, 1, 2 with probabilities 0.2, 0.2, 0.6
+    count = np.minimum(randints(rs, 0, 5, n), 2)  # 0, 1, 2 with probabilities 0.2, 0.2, 0.6
     for k in range(2):
         img = np.flatnonzero(count > k)
         m = img.size
-        kind = _ints(rs, 0, 4, m)[:, None, None]
+        kind = randints(rs, 0, 4, m)[:, None, None]
         r = (1.5 + 2.0 * rs.random_sample(m))[:, None, None]
         dx = _GRID[None, None, :] - (2.0 + 28.0 * rs.random_sample(m))[:, None, None]
         dy = _GRID[None, :, None] - (2.0 + 28.0 * rs.random_sample(m))[:, None, None]
         d2 = dx * dx + dy * dy
         box = np.maximum(np.abs(dx), np.abs(dy))
-        bar = np.where(_ints(rs, 0, 2, m)[:, None, None] == 1, np.abs(dx), np.abs(dy))
+        bar = np.where(randints(rs, 0, 2, m)[:, None, None] == 1, np.abs(dx), np.abs(dy))
         mask = np.where(
             kind == 0,
             d2 <= r * r,
             np.where(kind == 1, box <= r, np.where(kind == 2, (d2 <= r * r) & (d2 >= r * r / 4), bar <= 0.9)),
         )
         mask &= box <= r * 1.6
-        rgb = _PALETTE[_ints(rs, 0, len(COLOURS), m)].astype(np.int16)[:, None, None, :]
+        rgb = _PALETTE[randints(rs, 0, len(COLOURS), m)].astype(np.int16)[:, None, None, :]
         canvas[img] = np.where(mask[..., None], rgb, canvas[img])
 
 
 def _finish(rs: np.random.RandomState, canvas: np.ndarray) -> np.ndarray:
     """Triangular per-pixel noise of strength 1, 2 or 3 (up to +-12, 24, 36), then uint8."""
-    level = _ints(rs, 1, 4, (len(canvas), 1, 1, 1))
-    noise = _ints(rs, -6, 7, canvas.shape) + _ints(rs, -6, 7, canvas.shape)
+    level = randints(rs, 1, 4, (len(canvas), 1, 1, 1))
+    noise = randints(rs, -6, 7, canvas.shape) + randints(rs, -6, 7, canvas.shape)
     return np.clip(canvas + noise * level, 0, 255).astype(np.uint8)
 
 
@@ -319,7 +313,13 @@ def _render_single(rs: np.random.RandomState, classes: np.ndarray) -> tuple[np.n
     _clutter(rs, canvas)
     radius, cx, cy = _place_single(rs, n)
     objs = _Objects(
-        np.arange(n), classes, _ints(rs, 0, len(COLOURS), n), _ints(rs, 0, len(TEXTURES), n), cx, cy, radius
+        np.arange(n),
+        classes,
+        randints(rs, 0, len(COLOURS), n),
+        randints(rs, 0, len(TEXTURES), n),
+        cx,
+        cy,
+        radius,
     )
     _paint(rs, canvas, objs)
     return _finish(rs, canvas), objs
@@ -327,13 +327,13 @@ def _render_single(rs: np.random.RandomState, classes: np.ndarray) -> tuple[np.n
 
 def _render_multi(rs: np.random.RandomState, n: int) -> tuple[np.ndarray, list[_Objects]]:
     """Scenes of 2-3 objects of distinct classes; returns the images and each slot's objects."""
-    counts = _ints(rs, 2, 4, n)
+    counts = randints(rs, 2, 4, n)
     classes = np.argsort(rs.random_sample((n, len(CLASSNAMES))), axis=1)[:, :3]
     canvas = _background(rs, n)
     _clutter(rs, canvas)
     slots = []
     for k, (img, radius, cx, cy) in enumerate(_place_multi(rs, counts)):
-        colour, texture = _ints(rs, 0, len(COLOURS), img.size), _ints(rs, 0, len(TEXTURES), img.size)
+        colour, texture = randints(rs, 0, len(COLOURS), img.size), randints(rs, 0, len(TEXTURES), img.size)
         objs = _Objects(img, classes[img, k], colour, texture, cx, cy, radius)
         _paint(rs, canvas, objs)
         slots.append(objs)
@@ -374,7 +374,7 @@ _KEEP_P = np.array([0.35, 0.6, 0.6, 0.5, 0.25])  # size, colour, texture, "plain
 def _single_captions(rs: np.random.RandomState, objs: _Objects) -> list[str]:
     m = len(objs.image)
     keep = rs.random_sample((m, len(_KEEP_P))) < _KEEP_P
-    template = np.maximum(_ints(rs, 0, len(SINGLE_TEMPLATES) + 2, m) - 2, 0)  # 3/8 bare, 1/8 each other
+    template = np.maximum(randints(rs, 0, len(SINGLE_TEMPLATES) + 2, m) - 2, 0)  # 3/8 bare, 1/8 each other
     captions = []
     for j in range(m):
         text = SINGLE_TEMPLATES[template[j]].format(_phrase(objs, j, keep[j], with_size=True))
@@ -391,7 +391,7 @@ def _multi_captions(rs: np.random.RandomState, n: int, slots: list[_Objects]) ->
         keep = rs.random_sample((len(objs.image), len(_KEEP_P))) < _KEEP_P
         for j, i in enumerate(objs.image.tolist()):
             parts[i].append(_phrase(objs, j, keep[j], with_size=False))
-    photo = _ints(rs, 0, 2, n)
+    photo = randints(rs, 0, 2, n)
     captions = []
     for i, p in enumerate(parts):
         body = " and ".join(p) if len(p) == 2 else f"{p[0]}, {p[1]} and {p[2]}"
@@ -407,7 +407,7 @@ def _pool_block(seed: int, block: int) -> tuple[np.ndarray, list[str]]:
     images = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     captions = [""] * n
     index = np.flatnonzero(single)
-    images[index], objs = _render_single(rs, _ints(rs, 0, len(CLASSNAMES), index.size))
+    images[index], objs = _render_single(rs, randints(rs, 0, len(CLASSNAMES), index.size))
     for i, text in zip(index.tolist(), _single_captions(rs, objs), strict=True):
         captions[i] = text
     index = np.flatnonzero(~single)

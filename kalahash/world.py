@@ -122,13 +122,19 @@ _RADIUS = {"small": (5.0, 7.5), "big": (8.5, 11.5)}
 _MULTI_RADIUS = (4.75, 6.5)
 
 
-def _rng(*entropy: int, block: int | None = None) -> np.random.RandomState:
+def seeded_rng(tag: int, *entropy: int, block: int | None = None) -> np.random.RandomState:
+    """The legacy MT19937 stream of (``tag``, ``*entropy``), its ``block``-th child: a world's images are
+    the same bytes on every platform. Each world has its own ``tag``, so worlds share no draws."""
     spawn_key = () if block is None else (block,)
-    seq = np.random.SeedSequence(entropy=[_WORLD_TAG, *entropy], spawn_key=spawn_key)
+    seq = np.random.SeedSequence(entropy=[tag, *entropy], spawn_key=spawn_key)
     return np.random.RandomState(np.random.MT19937(seq))
 
 
-def _ints(rs: np.random.RandomState, low: int, high: int, size: int | tuple[int, ...]) -> np.ndarray:
+def _rng(*entropy: int, block: int | None = None) -> np.random.RandomState:
+    return seeded_rng(_WORLD_TAG, *entropy, block=block)
+
+
+def randints(rs: np.random.RandomState, low: int, high: int, size: int | tuple[int, ...]) -> np.ndarray:
     """Integers in [low, high); dtype fixed so the stream is the same on every platform."""
     return rs.randint(low, high, size=size, dtype=np.int64)
 
@@ -204,10 +210,10 @@ def _draw_objects(
     radius: np.ndarray,
 ) -> _Objects:
     m = len(image)
-    jitter = _ints(rs, -18, 19, (m, 3))
+    jitter = randints(rs, -18, 19, (m, 3))
     rgb = np.clip(np.array(list(COLOURS.values()), dtype=np.int64)[colour] + jitter, 0, 255)
     return _Objects(
-        image, shape, texture, colour, cx, cy, radius, _ints(rs, 0, 12, (m, 2)), _ints(rs, 0, 3, m), rgb
+        image, shape, texture, colour, cx, cy, radius, randints(rs, 0, 12, (m, 2)), randints(rs, 0, 3, m), rgb
     )
 
 
@@ -234,15 +240,17 @@ def _paint(canvas: np.ndarray, objs: _Objects) -> None:
 
 
 def _background(rs: np.random.RandomState, n: int) -> np.ndarray:
-    grey = _ints(rs, 95, 150, (n, 1, 1, 1))  # mid grey: both the bright colour and its dark shade stand out
-    tint = _ints(rs, -10, 11, (n, 1, 1, 3))
+    grey = randints(
+        rs, 95, 150, (n, 1, 1, 1)
+    )  # mid grey: both the bright colour and its dark shade stand out
+    tint = randints(rs, -10, 11, (n, 1, 1, 3))
     return np.broadcast_to(grey + tint, (n, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.int16)
 
 
 def _finish(rs: np.random.RandomState, canvas: np.ndarray) -> np.ndarray:
     """Per-pixel triangular noise over everything (objects included), then uint8."""
-    noise = _ints(rs, -12, 13, canvas.shape)
-    noise += _ints(rs, -12, 13, canvas.shape)
+    noise = randints(rs, -12, 13, canvas.shape)
+    noise += randints(rs, -12, 13, canvas.shape)
     noise += canvas
     return np.clip(noise, 0, 255, out=noise).astype(np.uint8)
 
@@ -257,7 +265,7 @@ def _phrase(words: list[str]) -> str:
 
 def _place_single(rs: np.random.RandomState, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Size class, radius and a centre that keeps the whole object inside the image."""
-    big = _ints(rs, 0, 2, n)
+    big = randints(rs, 0, 2, n)
     lo = np.where(big == 1, _RADIUS["big"][0], _RADIUS["small"][0])
     hi = np.where(big == 1, _RADIUS["big"][1], _RADIUS["small"][1])
     radius = lo + (hi - lo) * rs.random_sample(n)
@@ -323,20 +331,20 @@ def _pool_block(seed: int, block: int) -> tuple[np.ndarray, list[str]]:
     """One block of the pre-training pool: 60 % single objects, 40 % scenes of 2-3 objects."""
     rs = _rng(_STREAM_POOL, seed, block=block)
     n = _POOL_BLOCK
-    counts = np.where(rs.random_sample(n) < 0.6, 1, _ints(rs, 2, 4, n))
+    counts = np.where(rs.random_sample(n) < 0.6, 1, randints(rs, 2, 4, n))
     canvas = _background(rs, n)
     held = np.zeros((len(TEXTURES), len(SHAPES)), bool)
     for t, s in HELD_OUT_PAIRS:
         held[TEXTURES.index(t), SHAPES.index(s)] = True
 
     def draw_pairs(m: int) -> tuple[np.ndarray, np.ndarray]:
-        shape = _ints(rs, 0, len(SHAPES), m)
-        texture = _ints(rs, 0, len(TEXTURES), m)
+        shape = randints(rs, 0, len(SHAPES), m)
+        texture = randints(rs, 0, len(TEXTURES), m)
         while True:  # resample held-out (texture, shape) pairs: they must never occur in pre-training
             bad = np.flatnonzero(held[texture, shape])
             if bad.size == 0:
                 return shape, texture
-            texture[bad] = _ints(rs, 0, len(TEXTURES), bad.size)
+            texture[bad] = randints(rs, 0, len(TEXTURES), bad.size)
 
     # Caption word dropout: size, colour and texture words are kept with these probabilities; the fourth
     # draw gives "plain" a second chance (see _names_texture).
@@ -344,10 +352,12 @@ def _pool_block(seed: int, block: int) -> tuple[np.ndarray, list[str]]:
     single = np.flatnonzero(counts == 1)
     big, radius, cx, cy = _place_single(rs, single.size)
     shape, texture = draw_pairs(single.size)
-    colour = _ints(rs, 0, len(COLOURS), single.size)
+    colour = randints(rs, 0, len(COLOURS), single.size)
     _paint(canvas, _draw_objects(rs, single, shape, texture, colour, cx, cy, radius))
     keep = rs.random_sample((single.size, 4)) < keep_p
-    template = np.maximum(_ints(rs, 0, 6, single.size) - 2, 0)  # half bare, the rest one of three templates
+    template = np.maximum(
+        randints(rs, 0, 6, single.size) - 2, 0
+    )  # half bare, the rest one of three templates
     captions: list[str] = [""] * n
     for j, i in enumerate(single.tolist()):
         captions[i] = _caption_single(big[j], colour[j], texture[j], shape[j], keep[j], template[j])
@@ -357,12 +367,12 @@ def _pool_block(seed: int, block: int) -> tuple[np.ndarray, list[str]]:
     for img, radius, cx, cy in _place_multi(rs, counts[multi]):
         images = multi[img]
         shape, texture = draw_pairs(images.size)
-        colour = _ints(rs, 0, len(COLOURS), images.size)
+        colour = randints(rs, 0, len(COLOURS), images.size)
         _paint(canvas, _draw_objects(rs, images, shape, texture, colour, cx, cy, radius))
         keep = rs.random_sample((images.size, 4)) < keep_p
         for j, i in enumerate(images.tolist()):
             parts[i].append((colour[j], texture[j], shape[j], keep[j]))
-    template = _ints(rs, 0, 2, multi.size)
+    template = randints(rs, 0, 2, multi.size)
     for j, i in enumerate(multi.tolist()):
         captions[i] = _caption_multi(parts[i], template[j])
     return _finish(rs, canvas), captions
@@ -414,7 +424,7 @@ def _render_single(rs: np.random.RandomState, classes: np.ndarray) -> np.ndarray
     canvas = _background(rs, n)
     _, radius, cx, cy = _place_single(rs, n)
     shape, texture = _class_objects(classes)
-    colour = _ints(rs, 0, len(COLOURS), n)
+    colour = randints(rs, 0, len(COLOURS), n)
     _paint(canvas, _draw_objects(rs, np.arange(n), shape, texture, colour, cx, cy, radius))
     return _finish(rs, canvas)
 
@@ -422,7 +432,7 @@ def _render_single(rs: np.random.RandomState, classes: np.ndarray) -> np.ndarray
 def _render_multi(rs: np.random.RandomState, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Scenes of 2 or 3 objects of distinct classes; labels = the classes present."""
     num_classes = len(CLASS_PAIRS)
-    counts = _ints(rs, 2, 4, n)
+    counts = randints(rs, 2, 4, n)
     classes = np.argsort(rs.random_sample((n, num_classes)), axis=1)[:, :3]
     canvas = _background(rs, n)
     labels = np.zeros((n, num_classes), np.uint8)
@@ -430,7 +440,7 @@ def _render_multi(rs: np.random.RandomState, n: int) -> tuple[np.ndarray, np.nda
         cls = classes[img, k]
         labels[img, cls] = 1
         shape, texture = _class_objects(cls)
-        colour = _ints(rs, 0, len(COLOURS), img.size)
+        colour = randints(rs, 0, len(COLOURS), img.size)
         _paint(canvas, _draw_objects(rs, img, shape, texture, colour, cx, cy, radius))
     return _finish(rs, canvas), labels
 

@@ -53,3 +53,19 @@ def test_what_varies_reads_the_same(first, second):
 )
 def test_what_matters_still_differs(first, second):
     assert sanitize(first) != sanitize(second)
+
+
+NOTEBOOKS = sorted((CFG.parent / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_nbval_markers_are_spelled_as_nbval_reads_them(path):
+    """nbval honours a marker only as a whole comment line ("# NBVAL_IGNORE_OUTPUT"); a reason after it
+    on the same line silently turns the marker off, and the cell's volatile output is compared."""
+    import json
+
+    for cell in json.loads(path.read_text())["cells"]:
+        for line in "".join(cell["source"]).splitlines():
+            comment = line.strip().lstrip("#").strip()
+            if line.strip().startswith("#") and comment.startswith("NBVAL"):
+                assert comment in nbval_plugin.comment_markers, f"{path.name}: {line.strip()!r}"
