@@ -56,8 +56,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kalahash.data import ImageList, RetrievalData, register_world
-from kalahash.world import COLOURS, TEXTURES, per_class_pick, randints, seeded_rng, texture_mask
+from kalahash.data import RetrievalData, register_world
+from kalahash.world import COLOURS, TEXTURES, protocol_splits, randints, seeded_rng, texture_mask
 
 IMAGE_SIZE = 32
 CLASSNAMES: tuple[str, ...] = (
@@ -487,14 +487,7 @@ def _cached_retrieval_data(name: str, seed: int) -> RetrievalData:
             for objs in p[1]:
                 labels[offset + objs.image, objs.cls] = 1
             offset += len(p[0])
-    everything = ImageList(images, labels, [f"{name}:{i}" for i in range(split.total)])
-    query = per_class_pick(rs, labels, np.ones(split.total, bool), split.query_per_class)
-    rest = np.setdiff1d(np.arange(split.total), query)
-    is_rest = np.zeros(split.total, bool)
-    is_rest[rest] = True
-    train = per_class_pick(rs, labels, is_rest, split.train_per_class)
-    splits = {"query": everything.subset(query), "train": everything.subset(train)}
-    splits["database"] = everything.subset(rest)
+    splits = protocol_splits(rs, name, images, labels, split.query_per_class, split.train_per_class)
     for part in splits.values():  # the cache hands the same arrays to every caller: no edits
         part.images.flags.writeable = False
         part.labels.flags.writeable = False

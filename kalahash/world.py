@@ -462,6 +462,30 @@ def per_class_pick(
     return np.sort(np.concatenate(picks))
 
 
+def protocol_splits(
+    rs: np.random.RandomState,
+    name: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    query_per_class: int,
+    train_per_class: int,
+) -> dict[str, ImageList]:
+    """The paper's protocol over a world's images: queries per class, the database all the rest, the
+    train pool per class drawn from the database (notes: Protocol)."""
+    total = len(labels)
+    everything = ImageList(images, labels, [f"{name}:{i}" for i in range(total)])
+    query = per_class_pick(rs, labels, np.ones(total, bool), query_per_class)
+    rest = np.setdiff1d(np.arange(total), query)
+    is_rest = np.zeros(total, bool)
+    is_rest[rest] = True
+    train = per_class_pick(rs, labels, is_rest, train_per_class)
+    return {
+        "query": everything.subset(query),
+        "train": everything.subset(train),
+        "database": everything.subset(rest),
+    }
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_retrieval_data(name: str, seed: int) -> RetrievalData:
     split = SPLITS[name]
@@ -477,14 +501,7 @@ def _cached_retrieval_data(name: str, seed: int) -> RetrievalData:
         images = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
     images.flags.writeable = False
-    everything = ImageList(images, labels, [f"{name}:{i}" for i in range(split.total)])
-    query = per_class_pick(rs, labels, np.ones(split.total, bool), split.query_per_class)
-    rest = np.setdiff1d(np.arange(split.total), query)
-    is_rest = np.zeros(split.total, bool)
-    is_rest[rest] = True
-    train = per_class_pick(rs, labels, is_rest, split.train_per_class)
-    splits = {"query": everything.subset(query), "train": everything.subset(train)}
-    splits["database"] = everything.subset(rest)
+    splits = protocol_splits(rs, name, images, labels, split.query_per_class, split.train_per_class)
     for part in splits.values():  # the cache hands out the same arrays to every caller: no edits
         part.images.flags.writeable = False
         part.labels.flags.writeable = False
