@@ -20,7 +20,7 @@ import time
 import types
 import typing
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -140,16 +140,22 @@ def _warn(path: Path, damaged: list[DamagedRow], what: str) -> None:
         warnings.warn(f"{path}:{row.line}: damaged row {what}: {row.reason}", DamagedRowWarning, stacklevel=3)
 
 
-def read_results(path: str | os.PathLike = DEFAULT_RESULTS, check: RowCheck | None = None) -> pd.DataFrame:
+def read_results(
+    path: str | os.PathLike = DEFAULT_RESULTS, check: RowCheck | None = None, text: Iterable[str] = ()
+) -> pd.DataFrame:
     """The intact rows of a results table (empty if there is none); damaged rows are skipped with a
-    :class:`DamagedRowWarning` naming file:line. ``check(cells)`` returns why a row is damaged, or None."""
+    :class:`DamagedRowWarning` naming file:line. ``check(cells)`` returns why a row is damaged, or None.
+
+    Columns named in ``text`` stay strings: left to pandas, a column holding only ``true`` reads as
+    booleans and a commit ``1234e56`` as a float, so rows read back would not equal the rows written."""
     path = Path(path)
     scan = _scan(path, check)
     if scan is None:
         return pd.DataFrame()
     _warn(path, scan.damaged, "skipped (its config runs again)")
-    text = "\n".join([scan.header_text, *(raw for _, raw, _ in scan.rows)]) + "\n"
-    return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
+    body = "\n".join([scan.header_text, *(raw for _, raw, _ in scan.rows)]) + "\n"
+    dtype = {name: str for name in text if name in scan.header}
+    return pd.read_csv(io.StringIO(body), keep_default_na=False, na_values=[""], dtype=dtype)
 
 
 def _cell(name: str, value: Any) -> Any:
@@ -202,9 +208,8 @@ def append_result(
         atomic_write_text(path, head + body + _line([_cell(k, row.get(k, "")) for k in header]))
 
 
-def find_row(config_id: str, path: str | os.PathLike, check: RowCheck | None = None) -> dict[str, Any] | None:
-    """The last intact row with this ``config_id``, or None."""
-    table = read_results(path, check)
+def find_row(config_id: str, table: pd.DataFrame) -> dict[str, Any] | None:
+    """The last row of ``table`` (as :func:`read_results` gives it) with this ``config_id``, or None."""
     if table.empty or "config_id" not in table:
         return None
     hits = table[table["config_id"] == config_id]

@@ -202,3 +202,23 @@ def test_a_row_from_before_later_fields_stays_intact_after_they_arrive(tmp_path,
     assert list(table["config_id"]) == [old_id, new_cfg.config_id]
     assert find_result(old_cfg, path)["map"] == 0.25
     assert not [w for w in recwarn if issubclass(w.category, DamagedRowWarning)]
+
+
+def test_stored_rows_read_back_as_the_rows_their_runs_returned(tmp_path):
+    """Left to pandas, a column holding only "true" reads as booleans and a commit "1234e56" as a float, so
+    a sweep mixing stored and fresh rows split one arm into groups True and "true"."""
+    path = tmp_path / "results.csv"
+    configs = [ExperimentConfig(method="lb", seed=s) for s in (0, 1)]
+    fresh = [
+        {**_row(c, 0.2 + c.seed / 10), "git_commit": "1234e56", "flags": "", "history_file": "h"}
+        for c in configs
+    ]
+    append_result(fresh[0], path)
+    table = read_results(path)
+    assert table["knowledge"].tolist() == ["true"] and table["git_commit"].tolist() == ["1234e56"]
+    assert table["dataset"].tolist() == ["shapes"] and table["flags"].tolist() == [""]
+    stored = find_result(configs[0], path)
+    shared = ("knowledge", "git_commit", "seed", "map", "flags")
+    assert {k: stored[k] for k in shared} == {k: fresh[0][k] for k in shared}
+    summary = summarize(pd.DataFrame([stored, fresh[1]]), by=("method", "knowledge"))
+    assert len(summary) == 1 and summary.iloc[0]["seeds"] == 2
