@@ -152,7 +152,7 @@ def export_model(hasher: nn.Module, path: str | os.PathLike) -> Path:
     into the image tower (loadable by open_clip and by ``load_backbone(name, pretrained=path)``);
     ``"kalahash"`` holds the backbone name, classes, bits and the head, which :func:`load_exported`
     puts back on top. CLoRA cannot be folded: ValueError, nothing written."""
-    from .backbones import open_clip_state_dict
+    from .towers import open_clip_state_dict
 
     merged = hasher.merged()
     backbone = hasher.backbone

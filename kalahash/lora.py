@@ -1,7 +1,7 @@
 """Low-rank adapters for the frozen CLIP image tower: plain LoRA and knowledge-anchored CLoRA.
 
 Small layers in the timm style: each wraps one ``nn.Linear`` (a projection of
-:class:`kalahash.backbones.SplitAttention`), knows nothing about data sets or training and can be
+:class:`kalahash.towers.SplitAttention`), knows nothing about data sets or training and can be
 tested with random tensors. :func:`apply_adapter` inserts them into a backbone.
 
 CLoRA (notes: Model) replaces LoRA's learned up-matrix with rows of a *knowledge pool* F(K): the

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -229,3 +231,19 @@ def test_the_demo_shows_flags_and_warns(tmp_path, capsys, monkeypatch):
     assert "flags" in captured.out.splitlines()[1] and "anchors_collapsed" in captured.out
     warnings = [line for line in captured.err.splitlines() if line.startswith("WARNING")]
     assert len(warnings) == 1 and "method kalahash" in warnings[0]
+
+
+def test_the_command_runs_as_a_module_as_torchrun_starts_it():
+    """``torchrun -m kalahash.cli encode ...`` (README) needs ``python -m kalahash.cli`` to be the command."""
+    done = subprocess.run(
+        [sys.executable, "-m", "kalahash.cli", "encode", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--checkpoint" in done.stdout and "--chunk-size" in done.stdout
+    wrong = subprocess.run(
+        [sys.executable, "-m", "kalahash.cli", "encode"], capture_output=True, text=True, timeout=120
+    )
+    assert wrong.returncode == 2 and "--checkpoint" in wrong.stderr

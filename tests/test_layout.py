@@ -31,6 +31,8 @@ LAYERS = {
     "history": 1,
     # model definitions that backbones dispatches to (SLIP's checkpoints)
     "slip": 1,
+    # the token path of ViT towers (split attention, ImageTower): what backbones builds on
+    "towers": 1,
     # the built-in worlds sit above data (they register with it); data never imports them
     "world": 2,
     "objects10": 3,

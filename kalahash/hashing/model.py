@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from kalahash.backbones import ImageTower, image_tower
 from kalahash.lora import CLoRALinear, KnowledgePool, adapters, apply_adapter, knowledge_pool, merge_lora
+from kalahash.towers import ImageTower, image_tower
 
 from .heads import HashHead, KnowledgeAnchors, ZeroShotHead, sign
 from .losses.base import as_floats, as_label_tensor

@@ -1,0 +1,150 @@
+"""The commands of runs and notebooks: ``run``, ``sweep``, ``eval``, ``demo``, ``check-data``,
+``pretrain-tiny``, ``export`` and ``reproduce``; each calls its Python twin and prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+
+from .options import base_config, cache_folder, list_options, print_table, run_kwargs, warn_flags
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from ..experiments import run_experiment, summarize
+
+    if args.checkpoint and len(args.seeds) > 1:
+        raise SystemExit("error: --checkpoint takes a single seed")
+    if args.resume and not args.checkpoint:
+        raise SystemExit("error: --resume needs --checkpoint FILE, the checkpoint to continue")
+    base = base_config(args, shots=args.shots, bits=args.bits, method=args.method)
+    rows = []
+    for seed in args.seeds:
+        row = run_experiment(
+            replace(base, seed=seed), checkpoint=args.checkpoint, resume=args.resume, **run_kwargs(args)
+        )
+        status = "stored result (use --force to rerun)" if row["skipped"] else "done"
+        if not row["skipped"] and row["resumed_from_epoch"] >= row["epochs"]:
+            status = f"checkpoint {args.checkpoint} is of a finished run: re-scored, not trained further"
+        print(f"seed {seed}: mAP@{row['map_at']} = {row['map']:.4f} ({row['ties_rule']} ties) [{status}]")
+        rows.append(row)
+    if len(rows) > 1:
+        print_table(summarize(pd.DataFrame(rows)))
+    warn_flags(rows)
+    print(f"results table: {args.results}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ..experiments import run_sweep, summarize
+
+    base = base_config(args)
+    grid = {"shots": args.shots, "bits": args.bits, "method": args.methods, "seed": args.seeds}
+    rows = run_sweep(base, grid, **run_kwargs(args))
+    print_table(summarize(rows))
+    warn_flags(rows)
+    print(f"results table: {args.results}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..experiments import UnnamedDatasetError, evaluate_checkpoint
+
+    try:
+        scores = evaluate_checkpoint(
+            args.checkpoint,
+            dataset=args.dataset,
+            data_root=args.data_root,
+            pretrained=args.pretrained,
+            topk=args.topk,
+            ties=args.ties,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    except UnnamedDatasetError:
+        raise SystemExit("error: this checkpoint does not name its data set: pass --dataset") from None
+    print(
+        f"mAP@{scores['map_topk']} = {scores['map']:.4f} ({args.ties} ties); "
+        + ", ".join(f"{k} = {v:.4f}" for k, v in scores.items() if k.startswith("p_at_"))
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..experiments import run_demo
+
+    print(
+        f"KALAHash demo on the built-in offline world {args.dataset!r} (synthetic 32x32 images) with "
+        f"{args.backbone!r}, a tiny CLIP pre-trained on its captions (kalahash/weights). Its numbers show the "
+        "methods at work on this world; they are not comparable to the paper's CIFAR-10 / NUS-WIDE / MS-COCO "
+        "results."
+    )
+    table = run_demo(
+        args.out,
+        args.results,
+        dataset=args.dataset,
+        backbone=args.backbone,
+        shots=args.shots,
+        bits=args.bits,
+        epochs=args.epochs,
+        seed=args.seed,
+        force=args.force,
+        progress=not args.quiet,
+        cache=cache_folder(args),
+    )
+    print_table(table)
+    warn_flags(table)
+    print(
+        f"figures: {args.out}/demo_map.png, .pdf; table: {args.out}/demo_results.csv; all rows: {args.results}"
+    )
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from ..experiments import check_dataset
+
+    check = check_dataset(
+        args.dataset,
+        args.data_root,
+        split_seed=args.split_seed,
+        progress=not args.quiet,
+        **list_options(args),
+    )
+    print(check.report())
+    return 0 if check.ok else 1
+
+
+def cmd_pretrain_tiny(args: argparse.Namespace) -> int:
+    from ..pretrain import pretrain_tiny
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    info = pretrain_tiny(**options)
+    print(json.dumps({k: v for k, v in info.items() if k != "knowledge"}, indent=2, default=str))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..experiments import export_checkpoint
+
+    exported = export_checkpoint(args.checkpoint, args.output, pretrained=args.pretrained)
+    print(
+        f"wrote {exported.path}: the {exported.method} run's CLIP weights, adapters folded in (open_clip "
+        f"layout: use it as --pretrained {exported.path} with the run's --backbone), and its hash head "
+        "(kalahash.experiments.load_exported gives the run's codes)"
+    )
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from ..reproduce import reproduce
+
+    done = reproduce(args.profile, args.only, args.dataset, fresh=args.fresh, kernel=args.kernel)
+    print_table(done.table[["notebook", "status", "seconds", "output"]])
+    for line in done.table[done.table["error"] != ""].itertuples():
+        print(f"{line.notebook} failed: {line.error}")
+    print(f"executed notebooks: {done.run_dir}")
+    print(f"figures and tables: {done.figures} ({len(done.figures_written)} files written by this call)")
+    print(f"results table: {done.results}")
+    return 0 if done.ok else 1

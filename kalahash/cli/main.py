@@ -1,0 +1,130 @@
+"""The parser of the ``kalahash`` command and its entry point."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import commands
+from .options import add_list_args, add_results_args, add_scoring_args, add_setting_args
+from .search import add_search_commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..pretrain import add_pretrain_tiny_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="kalahash",
+        description="Knowledge-anchored low-resource adaptation of CLIP for deep hashing (KALAHash, AAAI 2025).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "demo", help="LB, FFT, LoRA and KALAHash on the built-in offline world (minutes on a CPU)"
+    )
+    p.add_argument("--out", default="figures", help="folder for figures and the table (default: %(default)s)")
+    add_results_args(p)
+    p.add_argument(
+        "--dataset", default="objects10", help="a built-in world: objects10, shapes (default: %(default)s)"
+    )
+    p.add_argument(
+        "--backbone",
+        default="tiny-objects-m",
+        help="a built-in CLIP: tiny-objects-s/m/l (objects10), tiny-shapes (shapes) (default: %(default)s)",
+    )
+    p.add_argument("--shots", type=int, default=1, help="(default: %(default)s)")
+    p.add_argument("--bits", type=int, default=16, help="(default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=100, help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=42, help="(default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="rerun even if the results table has these runs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=commands.cmd_demo)
+
+    p = sub.add_parser("run", help="train and evaluate one setting (one or several seeds)")
+    add_setting_args(p, many=False)
+    p.add_argument("--checkpoint", default=None, help="write the trained parts here after every epoch")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    p.set_defaults(func=commands.cmd_run)
+
+    p = sub.add_parser(
+        "sweep", help="a grid over shots x bits x methods x seeds; prints mean ± std per setting"
+    )
+    add_setting_args(p, many=True)
+    p.set_defaults(func=commands.cmd_sweep)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint written by `kalahash run --checkpoint`")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `kalahash run --checkpoint`")
+    p.add_argument("--dataset", default=None, help="default: the checkpoint's data set")
+    p.add_argument("--data-root", default=None, help="default: the checkpoint's data root")
+    p.add_argument("--pretrained", default=None, help="backbone weights, if not the checkpoint's")
+    add_scoring_args(p)
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=commands.cmd_eval)
+
+    p = sub.add_parser("check-data", help="verify a data set's files, splits, duplicates and overlaps")
+    p.add_argument("--dataset", required=True, help="data set name (cifar10, nuswide, coco, folder, ...)")
+    p.add_argument(
+        "--data-root", default=None, help="its folder (default: data/<name> or $KALAHASH_DATA/<name>)"
+    )
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the query/database split (default: 0)")
+    add_list_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=commands.cmd_check_data)
+
+    p = sub.add_parser(
+        "pretrain-tiny",
+        help="re-create a built-in tiny CLIP's weights (--config tiny-shapes, the default, about 12 min on 2 "
+        "idle cores; tiny-objects-s/m/l with --world objects10, 6 to 33 CPU-minutes each)",
+    )
+    add_pretrain_tiny_arguments(p)
+    p.set_defaults(func=commands.cmd_pretrain_tiny)
+
+    p = sub.add_parser(
+        "export", help="write a checkpoint's model as CLIP weights (plain LoRA folded in) plus its hash head"
+    )
+    p.add_argument("--checkpoint", required=True, help="a checkpoint of a lb, fft or plain-LoRA run")
+    p.add_argument(
+        "--output", required=True, help="the file to write, loadable with --pretrained (open_clip layout)"
+    )
+    p.add_argument("--pretrained", default=None, help="backbone weights, if not the checkpoint's")
+    p.set_defaults(func=commands.cmd_export)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="run the notebooks in order through papermill into runs/<timestamp>/ (continues the latest "
+        "unfinished call; finished notebooks and runs are reused)",
+    )
+    p.add_argument(
+        "--profile",
+        default="auto",
+        choices=("auto", "smoke", "paper"),
+        help="smoke: the offline world, minutes on a CPU; paper: CLIP ViT-B/32 on the real data sets; "
+        "auto: smoke for the built-in worlds, paper for real data (default: %(default)s)",
+    )
+    p.add_argument("--only", nargs="+", default=None, metavar="PREFIX", help="notebooks to run, e.g. 03 06")
+    p.add_argument("--dataset", default=None, help="passed to every notebook (default: the profile's)")
+    p.add_argument("--fresh", action="store_true", help="a new runs folder: rerun every notebook")
+    p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebooks' own)")
+    p.set_defaults(func=commands.cmd_reproduce)
+
+    add_search_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("shots", "bits", "epochs", "batch_size"):
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and value <= 0:
+                print(
+                    f"error: --{name.replace('_', '-')} must be a positive integer, got {value}",
+                    file=sys.stderr,
+                )
+                return 2
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
