@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -107,3 +108,32 @@ class PrefixCache:
         finally:
             hasher.train(was_training)
         return torch.from_numpy(np.load(path, mmap_mode="c"))
+
+
+def uses_cache(hasher: nn.Module, cache: PrefixCache | None) -> bool:
+    """Whether ``hasher`` can run from ``cache``'s tokens: a cache is given and some prefix is frozen."""
+    return cache is not None and hasher.trainable_from > 0
+
+
+def feature_batches(
+    hasher: nn.Module,
+    images: ImageList,
+    cache: PrefixCache | None,
+    batch_size: int,
+    progress: bool,
+    desc: str = "encoding",
+) -> Iterator[torch.Tensor]:
+    """Raw image features batch by batch (no grad context of its own), from the cached frozen-prefix
+    tokens when the hasher allows it, else from pixels; what codes and embeddings are both made from."""
+    device = hasher.backbone.device
+    if uses_cache(hasher, cache):
+        start = hasher.trainable_from
+        tokens = cache.tokens(hasher, images, start, progress=progress)
+        for lo in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress):
+            with device_autocast(device):
+                yield hasher.features_from_tokens(tokens[lo : lo + batch_size].to(device), start)
+    else:
+        loader = DataLoader(images.with_transform(hasher.backbone.preprocess), batch_size=batch_size)
+        for batch, _, _ in tqdm(loader, desc=desc, disable=not progress):
+            with device_autocast(device):
+                yield hasher.features(batch.to(device))

@@ -9,17 +9,15 @@ to 2-D for :func:`kalahash.plots.umap_grid`. Every method is scored and drawn on
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from .cache import PrefixCache, device_autocast
+from .cache import PrefixCache, device_autocast, feature_batches
 from .data import ImageList
 from .hashing import sign
 from .metrics import silhouette_100
@@ -55,24 +53,6 @@ class Embeddings:
         return self.features if space == "features" else self.codes
 
 
-def _feature_batches(
-    hasher: nn.Module, images: ImageList, cache: PrefixCache | None, batch_size: int, progress: bool
-) -> Iterator[torch.Tensor]:
-    """Features batch by batch, from the cached frozen-prefix tokens when the hasher allows it."""
-    device = hasher.backbone.device
-    if cache is not None and hasher.trainable_from > 0:
-        start = hasher.trainable_from
-        tokens = cache.tokens(hasher, images, start, progress=progress)
-        for lo in tqdm(range(0, len(images), batch_size), desc="embedding", disable=not progress):
-            with device_autocast(device):
-                yield hasher.features_from_tokens(tokens[lo : lo + batch_size].to(device), start)
-    else:
-        loader = DataLoader(images.with_transform(hasher.backbone.preprocess), batch_size=batch_size)
-        for batch, _, _ in tqdm(loader, desc="embedding", disable=not progress):
-            with device_autocast(device):
-                yield hasher.features(batch.to(device))
-
-
 @torch.no_grad()
 def embed(
     hasher: nn.Module,
@@ -89,7 +69,7 @@ def embed(
     hasher.eval()
     features, codes = [], []
     try:
-        for f in _feature_batches(hasher, images, cache, batch_size, progress):
+        for f in feature_batches(hasher, images, cache, batch_size, progress, desc="embedding"):
             with device_autocast(f.device):
                 u = hasher.head(f)
             features.append(f.float().cpu().numpy())

@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .cache import PrefixCache, device_autocast, images_fingerprint
+from .cache import PrefixCache, device_autocast, feature_batches, images_fingerprint, uses_cache
 from .checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -106,10 +105,6 @@ class BatchSource:
     labels: torch.Tensor
     inputs: Callable[[torch.Tensor], torch.Tensor]
     forward: Callable[[torch.Tensor], torch.Tensor]
-
-
-def _use_cache(hasher: nn.Module, cache: PrefixCache | None) -> bool:
-    return cache is not None and hasher.trainable_from > 0
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -210,7 +205,7 @@ def batch_source(
     """Batches through the cache's frozen-prefix tokens when the hasher allows it, else from pixels."""
     device = hasher.backbone.device
     labels = torch.from_numpy(train_set.labels.astype(np.float32)).to(device)
-    if _use_cache(hasher, cache):
+    if uses_cache(hasher, cache):
         start_block = hasher.trainable_from
         tokens = cache.tokens(hasher, train_set, start_block, progress=progress)
 
@@ -386,19 +381,9 @@ def encode(
     hasher.eval()
     chunks = []
     try:
-        if _use_cache(hasher, cache):
-            start = hasher.trainable_from
-            tokens = cache.tokens(hasher, images, start, progress=progress)
-            for lo in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress):
-                with device_autocast(device):
-                    u = hasher.forward_from_tokens(tokens[lo : lo + batch_size].to(device), start)
-                chunks.append(_codes(u))
-        else:
-            loader = DataLoader(images.with_transform(hasher.backbone.preprocess), batch_size=batch_size)
-            for batch, _, _ in tqdm(loader, desc=desc, disable=not progress):
-                with device_autocast(device):
-                    u = hasher(batch.to(device))
-                chunks.append(_codes(u))
+        for features in feature_batches(hasher, images, cache, batch_size, progress, desc):
+            with device_autocast(device):
+                chunks.append(_codes(hasher.head(features)))
     finally:
         hasher.train(was_training)
     return np.concatenate(chunks) if chunks else np.zeros((0, hasher.bits), np.int8)
