@@ -1,5 +1,8 @@
 """Helpers shared by the test modules (importable: pytest puts tests/ on sys.path)."""
 
+import hashlib
+
+import numpy as np
 import torch
 
 from kalahash.backbones import load_backbone
@@ -37,3 +40,16 @@ def cli_run_args(tmp_path, *extra: str, epochs: int = 2) -> list[str]:
         "run", "--dataset", "shapes", "--backbone", "tiny", "--epochs", str(epochs), "--quiet",
         "--results", str(tmp_path / "results.csv"), "--cache", str(tmp_path / "cache"), *extra,
     ]  # fmt: skip
+
+
+def images_digest(images: np.ndarray, captions: list[str] | None = None) -> str:
+    """SHA-256 of images' bytes (and captions): the golden hash of a world's generated pool."""
+    h = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    if captions is not None:
+        h.update("\n".join(captions).encode())
+    return h.hexdigest()
+
+
+def row_hashes(images: np.ndarray) -> set[bytes]:
+    """One content hash per image, to check that two image sets share no picture."""
+    return {hashlib.sha1(img.tobytes()).digest() for img in images}

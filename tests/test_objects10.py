@@ -12,6 +12,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from helpers import images_digest, row_hashes
 from safetensors import safe_open
 from scipy.stats import chi2
 
@@ -45,16 +46,6 @@ GOLDEN_SPLITS_SHA256 = {
 }
 
 
-def _digest(images: np.ndarray, captions: list[str]) -> str:
-    h = hashlib.sha256(np.ascontiguousarray(images).tobytes())
-    h.update("\n".join(captions).encode())
-    return h.hexdigest()
-
-
-def _row_hashes(images: np.ndarray) -> set[bytes]:
-    return {hashlib.sha1(img.tobytes()).digest() for img in images}
-
-
 @pytest.fixture(scope="module")
 def single():
     return make_retrieval_data("objects10")
@@ -69,8 +60,8 @@ def test_pool_is_deterministic_golden_and_window_consistent():
     images, captions = caption_pool(16, seed=0)
     objects10._cached_pool_block.cache_clear()  # regenerate for real
     again, captions_again = caption_pool(16, seed=0)
-    assert images is not again and _digest(images, captions) == _digest(again, captions_again)
-    assert _digest(images, captions) == GOLDEN_POOL_SHA256
+    assert images is not again and images_digest(images, captions) == images_digest(again, captions_again)
+    assert images_digest(images, captions) == GOLDEN_POOL_SHA256
     assert not np.array_equal(images, caption_pool(16, seed=1)[0])
     long, long_captions = caption_pool(1040, seed=0)
     window, window_captions = caption_pool(30, seed=0, start=1010)  # spans two blocks
@@ -170,10 +161,10 @@ def test_colour_of_the_pixels_does_not_reveal_the_class(single):
 
 
 def test_pretraining_pool_is_disjoint_from_downstream_images(single, multi):
-    pool = _row_hashes(caption_pool(4096, seed=0)[0])
+    pool = row_hashes(caption_pool(4096, seed=0)[0])
     assert len(pool) == 4096
     for data in (single, multi):
-        assert pool.isdisjoint(_row_hashes(data.query.images) | _row_hashes(data.database.images))
+        assert pool.isdisjoint(row_hashes(data.query.images) | row_hashes(data.database.images))
 
 
 def test_compact_weights_round_trip(tmp_path):

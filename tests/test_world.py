@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import images_digest, row_hashes
 from open_clip.tokenizer import SimpleTokenizer
 from safetensors import safe_open
 
@@ -42,17 +43,6 @@ GOLDEN_SPLITS_SHA256 = {
 MIN_TRAINED_ZERO_SHOT_X_CHANCE = 3.0
 
 
-def _digest(images: np.ndarray, captions: list[str] | None = None) -> str:
-    h = hashlib.sha256(np.ascontiguousarray(images).tobytes())
-    if captions is not None:
-        h.update("\n".join(captions).encode())
-    return h.hexdigest()
-
-
-def _row_hashes(images: np.ndarray) -> set[bytes]:
-    return {hashlib.sha1(img.tobytes()).digest() for img in images}
-
-
 @pytest.fixture(scope="module")
 def shapes():
     return make_retrieval_data("shapes")
@@ -68,8 +58,8 @@ def test_pool_same_seed_same_bytes_and_golden():
     world._cached_pool_block.cache_clear()  # regenerate for real, not from the cache
     again, captions_again = caption_pool(16, seed=0)
     assert images is not again
-    assert _digest(images, captions) == _digest(again, captions_again)
-    assert _digest(images, captions) == GOLDEN_POOL_SHA256
+    assert images_digest(images, captions) == images_digest(again, captions_again)
+    assert images_digest(images, captions) == GOLDEN_POOL_SHA256
 
 
 def test_pool_different_seed_differs_and_windows_are_consistent():
@@ -180,10 +170,10 @@ def test_retrieval_data_is_cached_read_only(shapes):
 
 
 def test_pretraining_pool_is_disjoint_from_downstream_images(shapes, multi):
-    pool = _row_hashes(caption_pool(4096, seed=0)[0])
+    pool = row_hashes(caption_pool(4096, seed=0)[0])
     assert len(pool) == 4096
     for data in (shapes, multi):
-        downstream = _row_hashes(data.query.images) | _row_hashes(data.database.images)
+        downstream = row_hashes(data.query.images) | row_hashes(data.database.images)
         assert pool.isdisjoint(downstream)
 
 
