@@ -46,6 +46,7 @@ from .metrics import mean_average_precision, precision_at_k
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
+    "TRAINING_LOOP",
     "BatchSource",
     "PrefixCache",
     "TrainConfig",
@@ -67,6 +68,12 @@ __all__ = [
     "save_training_state",
     "train_epoch",
 ]
+
+
+# The version of the training loop a result row was made by (``training_loop`` in the row).
+# 2: KIDDO's B-step uses the W of the epoch's last forward pass, as released; 1 (rows without the column):
+# it used W recomputed after the epoch's last optimizer step. Only runs with KIDDO differ between them.
+TRAINING_LOOP = 2
 
 
 @dataclass

@@ -90,7 +90,10 @@ def test_summarize_groups_by_knowledge_and_marks_flagged_groups():
     first, second = table.iloc[0], table.iloc[1]
     assert first["seeds"] == 3 and first["mean"] == pytest.approx(0.3)
     assert first["map (mean ± std)"].endswith(" ⚑") and first["flags"] == "anchors_collapsed×1"
-    assert second["map (mean ± std)"] == "0.1000 ± 0.0000" and second["flags"] == ""
+    assert second["map (mean ± std)"] == "0.1000 (n=1)" and second["flags"] == ""
+    assert "anchors" not in table  # rows without KIDDO's anchor count
+    counted = summarize(rows.assign(anchors_distinct=[3.0, 5.0, 10.0, 7.0]))
+    assert counted["anchors"].tolist() == [5.0, 10.0]  # the mean over each group's runs
     old = summarize(rows.drop(columns=["knowledge", "flags"]))  # an old table: neither column
     assert "knowledge" not in old and "flags" not in old and old.iloc[0]["seeds"] == 4
 

@@ -103,7 +103,8 @@ def test_epoch_diagnostics_read_the_hasher_state():
     means = train_epoch(hasher, source, optimizer, scaler, config, 0, tally)
     b_before = hasher.criterion.B.clone()
     row = finish_epoch(hasher, TrainResult(), 0, means, tally)
-    W = hasher.anchor_matrix().detach()
+    W = hasher.criterion.kept_W  # the anchors the B-step used: the epoch's last forward pass's
+    assert not torch.equal(W, hasher.anchor_matrix().detach())  # not those after its optimizer step
     assert row["w_norm"] == pytest.approx(float(W.norm()))
     assert row["b_flips"] == float((b_before != hasher.criterion.B).sum()) > 0
     assert row["anchors_distinct"] == len(torch.unique(torch.where(W.t() >= 0, 1.0, -1.0), dim=0))

@@ -180,3 +180,27 @@ def test_figures_are_traceable_to_their_rows(tmp_path):
     assert pd.read_csv(tmp_path / "fig.rows.csv")["config_id"].tolist() == ["a1", "b2", "c3", "d4"]
     assert Image.open(tmp_path / "fig.png").text["Description"].startswith("kalahash fig; commit abc")
     assert b"kalahash fig; commit abc" in (tmp_path / "fig.pdf").read_bytes()
+
+
+def test_rows_of_kiddo_runs_from_the_older_training_loop_run_again(tmp_path):
+    """Rows made before the B-step fix (no ``training_loop``) are not a KIDDO run's result today."""
+    from kalahash.experiments import StaleRowWarning
+    from kalahash.train import TRAINING_LOOP
+
+    root = tmp_path / "data"
+    tiny_list_dataset(root)
+    options = {
+        "results": tmp_path / "r.csv",
+        "workdir": tmp_path / "w",
+        "cache": tmp_path / "c",
+        "progress": False,
+    }
+    rows = {m: run_experiment(_config(root, method=m), **options) for m in ("lb", "kalahash")}
+    assert {row["training_loop"] for row in rows.values()} == {TRAINING_LOOP}
+    table = pd.read_csv(tmp_path / "r.csv", dtype=str, keep_default_na=False)
+    table.drop(columns="training_loop").to_csv(tmp_path / "r.csv", index=False)  # as older runs wrote it
+    assert run_experiment(_config(root, method="lb"), **options)["skipped"]  # no KIDDO: the same result
+    with pytest.warns(StaleRowWarning, match=r"kalahash .*training loop 1.*made again"):
+        again = run_experiment(_config(root, method="kalahash"), **options)
+    assert not again["skipped"] and again["training_loop"] == TRAINING_LOOP
+    assert run_experiment(_config(root, method="kalahash"), **options)["skipped"]  # the new row serves

@@ -418,16 +418,20 @@ def test_trained_state_round_trip_gives_identical_codes():
         other.load_trained_state(bad)
 
 
-def test_end_epoch_runs_the_b_step_with_current_anchors():
+def test_end_epoch_runs_the_b_step_with_the_anchors_of_the_last_forward_pass():
     hasher = build_hasher("kalahash", fresh_tiny(), CLASSES, 8, rank=2, kiddo_sweeps=3)
     hasher.begin_training(train_labels())
+    u = hasher(images())
     with torch.no_grad():
-        u = hasher(images())
-    hasher.loss_on_batch(u, torch.eye(4), torch.arange(4))
+        W = hasher.anchor_matrix()
+    loss, _ = hasher.loss_on_batch(u, torch.eye(4), torch.arange(4))
+    loss.backward()
+    torch.optim.SGD(hasher.trainable_parameters(), lr=50.0).step()  # G moves: W after the step differs
     crit = hasher.criterion
     B0, U, Y = crit.B.clone(), crit.U.clone(), crit.Y.clone()
     with torch.no_grad():
-        W = hasher.anchor_matrix()
+        after = hasher.anchor_matrix()
+    assert not torch.equal(kiddo_b_step(B0, W, Y, U, 0.1, 1.0, 3), kiddo_b_step(B0, after, Y, U, 0.1, 1.0, 3))
     hasher.end_epoch()
     assert torch.equal(crit.B, kiddo_b_step(B0, W, Y, U, 0.1, 1.0, sweeps=3))
     assert not torch.equal(crit.B, B0)

@@ -1,4 +1,5 @@
 import json
+import math
 import multiprocessing as mp
 import re
 
@@ -87,8 +88,9 @@ def test_expand_grid_and_summarize():
     table = summarize(rows)
     first = table.iloc[0]
     assert first["mean"] == pytest.approx(0.2) and first["std"] == pytest.approx(0.1) and first["seeds"] == 3
-    assert first["map (mean ± std)"] == "0.2000 ± 0.1000"
-    assert table.iloc[1]["std"] == 0.0
+    assert first["map (mean ± std)"] == "0.2000 ± 0.1000 (n=3)"
+    second = table.iloc[1]  # one run: no spread to show
+    assert math.isnan(second["std"]) and second["map (mean ± std)"] == "0.5000 (n=1)"
 
 
 def test_provenance_names_versions_and_device():

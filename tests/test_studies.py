@@ -234,7 +234,7 @@ def test_run_arms_gives_labelled_rows_and_shares_runs(tmp_path):
     assert list(table["variant"]) == ["Top_r (paper)", "random", "fixed"] and set(table["seeds"]) == {2}
     by_rule = rows.groupby("variant", sort=False)["map_ties_average"].mean()
     assert table["mean_average"].tolist() == pytest.approx(by_rule.tolist())
-    assert table["mAP, index ties"].str.match(r"\d\.\d{4} ± \d\.\d{4}").all()
+    assert table["mAP, index ties"].str.match(r"\d\.\d{4} ± \d\.\d{4} \(n=2\)").all()
     plain = _plain(settings, shots=1, bits=16, method="kalahash", seed=1)
     assert run_experiment(plain, **options)["skipped"]  # the study's paper arm is the plain run
 
@@ -268,7 +268,10 @@ def test_main_table_tidy_and_in_the_papers_layout(tmp_path):
         "coco · 16 bits",
         "coco · 64 bits",
     ]
-    assert list(wide["method"]) == ["lb", "kalahash"] and wide.loc[1, "coco · 64 bits"] == "0.2275 ± 0.0035"
+    assert (
+        list(wide["method"]) == ["lb", "kalahash"]
+        and wide.loc[1, "coco · 64 bits"] == "0.2275 ± 0.0035 (n=2)"
+    )
     save_table(wide, "main", out_dir=tmp_path, markdown=True)
     lines = (tmp_path / "main.md").read_text().splitlines()
     assert lines[0].startswith("| shots | method | cifar10 · 16 bits") and len(lines) == 4

@@ -369,6 +369,12 @@ def test_train_epoch_stops_at_a_non_finite_loss(data, monkeypatch):
 
 def test_finish_epoch_runs_the_b_step_and_records_the_row(data):
     hasher, *_ = _ready(data.train)
+    with pytest.raises(RuntimeError, match="W of the epoch's last forward pass"):
+        finish_epoch(hasher, TrainResult(), 0, {})  # no batch yet: no W for the B-step to use
+    idx = torch.arange(8)
+    labels = torch.from_numpy(data.train.labels[:8].astype(np.float32))
+    pixels = torch.stack([data.train.with_transform(hasher.backbone.preprocess)[i][0] for i in range(8)])
+    hasher.loss_on_batch(hasher(pixels), labels, idx)
     result = TrainResult(history=[{"epoch": 4, "loss": 1.0}])
     b_before = hasher.criterion.B.clone()
     row = finish_epoch(hasher, result, 4, {"loss": 0.5, "sim": 0.25})
@@ -416,3 +422,90 @@ def test_the_images_fingerprint_follows_the_files_and_survives_a_missing_one(tmp
     paths[1].unlink()
     missing = images_fingerprint(images)  # stamped with its error, not a crash
     assert missing not in (present, grown)
+
+
+def test_the_b_step_receives_the_w_of_the_epochs_last_forward_pass(data, monkeypatch):
+    """The release's criterion keeps W = G(K)ᵀ from its forward and its end-of-epoch DCC reads that W,
+    computed before the last batch's optimizer step; a W recomputed after the step is another B-step."""
+    from kalahash.hashing import kiddo
+
+    hasher = _hasher()
+    forward_ws, b_step_ws, after_step_ws = [], [], []
+    anchor_matrix, b_step = hasher.anchor_matrix, kiddo.kiddo_b_step
+
+    def recording_anchor_matrix():
+        W = anchor_matrix()
+        forward_ws.append(W.detach().clone())
+        return W
+
+    def recording_b_step(B, W, *args, **kwargs):
+        b_step_ws.append((len(forward_ws), W.clone()))
+        after_step_ws.append(anchor_matrix().detach().clone())
+        return b_step(B, W, *args, **kwargs)
+
+    monkeypatch.setattr(hasher, "anchor_matrix", recording_anchor_matrix)
+    monkeypatch.setattr(kiddo, "kiddo_b_step", recording_b_step)
+    fit(hasher, data.train, epochs=3, progress=False)
+    assert [n for n, _ in b_step_ws] == [3, 6, 9]  # 24 images, batch 8: three forwards per epoch
+    for (n, used), after in zip(b_step_ws, after_step_ws, strict=True):
+        assert torch.equal(used, forward_ws[n - 1])  # the epoch's last forward pass, bit for bit
+        assert not torch.equal(used, after)  # not the anchors after that batch's optimizer step
+
+
+def _release_loop(hasher, train_set: ImageList, config: TrainConfig) -> list[tuple[torch.Tensor, ...]]:
+    """The released training loop's order, written out plainly (notes: KIDDO), with kalahash's loss
+    formulas and B-step rule (tested on their own). Returns (W, B) after every epoch."""
+    from kalahash.hashing import kiddo_b_step
+    from kalahash.hashing.kiddo import l_ali, l_qua
+    from kalahash.hashing.losses.dpsh import dpsh_likelihood
+
+    torch.manual_seed(config.seed)
+    hasher.begin_training(train_set.labels)
+    crit = hasher.criterion
+    optimizer = torch.optim.SGD(
+        hasher.trainable_parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    view = train_set.with_transform(hasher.backbone.preprocess)
+    labels = torch.from_numpy(train_set.labels.astype(np.float32))
+    n, size = len(train_set), config.batch_size
+    trajectory = []
+    for epoch in range(config.epochs):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+        for start in range(0, n - n % size, size):  # shuffled, drop last
+            idx = order[start : start + size]
+            optimizer.zero_grad()
+            u = hasher(torch.stack([view[i][0] for i in idx.tolist()]))  # forward: u ...
+            W = hasher.anchor_matrix()  # ... and W = G(K)ᵀ
+            kept_W = W.detach()  # keep W
+            crit.U[:, idx] = u.detach().t()  # and u
+            y, b = labels[idx], crit.B[:, idx].t()
+            loss = crit.gamma * dpsh_likelihood(u, y) + crit.alpha * l_ali(y, b, W) + crit.beta * l_qua(u, b)
+            loss.backward()
+            optimizer.step()
+        crit.B = kiddo_b_step(crit.B, kept_W, crit.Y, crit.U, crit.alpha, crit.beta, crit.sweeps)  # DCC
+        trajectory.append((hasher.anchor_matrix().detach().clone(), crit.B.clone()))
+    return trajectory
+
+
+def test_fit_follows_the_released_loop_bit_for_bit(data, monkeypatch):
+    config = TrainConfig(epochs=6)
+    # α ≫ β (P = W Y + (β/α) U): W carries the B-step, so a B-step with any other W shows in B at once
+    weights = {"kiddo_alpha": 1.0, "kiddo_beta": 0.1}
+    expected = _release_loop(_hasher(**weights), data.train, config)
+
+    hasher = _hasher(**weights)
+    trajectory, end_epoch = [], hasher.end_epoch
+
+    def recording_end_epoch():
+        end_epoch()
+        trajectory.append((hasher.anchor_matrix().detach().clone(), hasher.criterion.B.clone()))
+
+    monkeypatch.setattr(hasher, "end_epoch", recording_end_epoch)
+    fit(hasher, data.train, config, progress=False)
+    assert len(trajectory) == len(expected) == 6
+    for epoch, ((W, B), (W_ref, B_ref)) in enumerate(zip(trajectory, expected, strict=True), start=1):
+        assert torch.equal(W, W_ref), f"W differs after epoch {epoch}"
+        assert torch.equal(B, B_ref), f"B differs after epoch {epoch}"

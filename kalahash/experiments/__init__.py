@@ -30,7 +30,7 @@ from .checkpoint_ops import (
 )
 from .config import LIST_OPTIONS, METHODS, ExperimentConfig, config_hash
 from .notebook import PROFILES, WORLDS, list_setting, notebook_settings, project_paths
-from .results import append_result, find_result, read_results
+from .results import StaleRowWarning, append_result, find_result, read_results
 from .runner import (
     DEFAULT_CACHE,
     DEMO_METHODS,
@@ -53,6 +53,7 @@ __all__ = [
     "DamagedRowWarning",
     "ExperimentConfig",
     "ExportedModel",
+    "StaleRowWarning",
     "UnnamedDatasetError",
     "append_result",
     "check_dataset",

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import typing
+import warnings
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
@@ -14,7 +16,12 @@ import pandas as pd
 from .. import results_table
 from ..history import stored_flags
 from ..results_table import DEFAULT_RESULTS, recorded_fields
+from ..train import TRAINING_LOOP
 from .config import ExperimentConfig, config_hash
+
+
+class StaleRowWarning(UserWarning):
+    """A stored row was made by an older training loop whose result differs: its run is made again."""
 
 
 def _text_fields() -> tuple[str, ...]:
@@ -78,5 +85,31 @@ def append_result(row: Mapping[str, Any], path: str | os.PathLike = DEFAULT_RESU
     results_table.append_result(row, path, _config_problem)
 
 
+def _loop_of(row: Mapping[str, Any]) -> int:
+    """The training loop a stored row was made by (:data:`kalahash.train.TRAINING_LOOP`; 1 before rows
+    recorded it)."""
+    value = row.get("training_loop")
+    return 1 if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
+
+
 def find_result(config: ExperimentConfig, path: str | os.PathLike = DEFAULT_RESULTS) -> dict[str, Any] | None:
-    return results_table.find_row(config.config_id, read_results(path))
+    """The stored row of ``config``, or None. A row of a KIDDO run made by an older training loop (its
+    B-step used another W) is not that run's result today: None, with a :class:`StaleRowWarning`."""
+    from ..hashing import uses_kiddo
+
+    row = results_table.find_row(config.config_id, read_results(path))
+    if row is None or _loop_of(row) >= TRAINING_LOOP:
+        return row
+    hparams, _ = config.resolved_hparams()
+    if not uses_kiddo(config.method, hparams):
+        return row  # the loops differ only in KIDDO's B-step
+    warnings.warn(
+        StaleRowWarning(
+            f"the stored row of {config.method} (config {config.config_id}) in {str(path)!r} was made by "
+            f"training loop {_loop_of(row)}, whose KIDDO B-step used W after the epoch's last optimizer "
+            f"step; loop {TRAINING_LOOP} uses the W of that epoch's last forward pass, as released, so the "
+            "run is made again"
+        ),
+        stacklevel=2,
+    )
+    return None

@@ -24,7 +24,7 @@ from ..fileio import atomic_write_text
 from ..history import FLAG_MARK, group_flags, history_path, history_summary, save_history
 from ..machine import provenance, resolve_device
 from ..results_table import DEFAULT_RESULTS
-from ..train import PrefixCache, TrainConfig, evaluate, fit, save_checkpoint
+from ..train import TRAINING_LOOP, PrefixCache, TrainConfig, evaluate, fit, save_checkpoint
 from .config import ExperimentConfig
 from .results import append_result, find_result
 
@@ -147,6 +147,7 @@ def run_experiment(
         "map_ties_index": scores["map_ties_index"],
         "map_ties_average": scores["map_ties_average"],
         **{k: v for k, v in scores.items() if k.startswith("p_at_")},
+        "training_loop": TRAINING_LOOP,
         "train_seconds": round(trained.seconds, 3),
         "eval_seconds": round(time.perf_counter() - began, 3),
         "trainable_params": counts["total_trainable"],
@@ -192,24 +193,34 @@ def run_sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], **kwarg
     return pd.DataFrame(rows)
 
 
+def mean_text(mean: float, std: float, n: int) -> str:
+    """A mean with its spread and its number of runs: "0.2300 ± 0.0100 (n=3)"; one run has no spread
+    to show ("0.2300 (n=1)")."""
+    return f"{mean:.4f} ± {std:.4f} (n={n})" if n > 1 else f"{mean:.4f} (n={n})"
+
+
 def summarize(
     rows: pd.DataFrame,
     by: Iterable[str] = ("dataset", "shots", "bits", "method", "knowledge"),
     value: str = "map",
 ) -> pd.DataFrame:
-    """Mean and standard deviation over seeds of ``value`` for each group, with a 'mean ± std' column.
+    """Mean and standard deviation over seeds of ``value`` for each group, with a 'mean ± std' column
+    that names the number of runs (:func:`mean_text`; ``std`` is NaN for a single run).
 
     ``knowledge`` groups where rows have it (older rows used the true K). With ``flags`` in the rows, a
     ``flags`` column counts each flag's runs and a group with a flagged run gets ⚑ after 'mean ± std'.
+    With ``anchors_distinct`` in the rows (KIDDO's distinct sign(W) anchors at the end), ``anchors``
+    gives its mean over the group (NaN for methods without anchors).
     """
     rows = rows.assign(knowledge=rows["knowledge"].fillna("true")) if "knowledge" in rows else rows
     by = [b for b in by if b != "knowledge" or b in rows]
     grouped = rows.groupby(by, sort=False)
     table = grouped[value].agg(mean="mean", std="std", seeds="count").reset_index()
-    table["std"] = table["std"].fillna(0.0)
     table[f"{value} (mean ± std)"] = [
-        f"{m:.4f} ± {s:.4f}" for m, s in zip(table["mean"], table["std"], strict=True)
+        mean_text(m, s, n) for m, s, n in zip(table["mean"], table["std"], table["seeds"], strict=True)
     ]
+    if "anchors_distinct" in rows:
+        table["anchors"] = grouped["anchors_distinct"].mean().to_numpy()
     if "flags" in rows:
         table["flags"] = grouped["flags"].agg(group_flags).to_numpy()
         marked = table["flags"] != ""

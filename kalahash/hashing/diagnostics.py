@@ -7,7 +7,7 @@ not apply to a method (‖W‖ without KIDDO, routing without CLoRA) is NaN, nev
 
 Per epoch, in a run's history:
 
-* ``w_norm`` — ‖W‖_F of the anchors W = G(K)ᵀ;
+* ``w_norm`` — ‖W‖_F of the anchors W = G(K)ᵀ the epoch's B-step used (its last forward pass's);
 * ``ali_ratio`` — L_ali over all training images at the current B and W, divided by its value at W = 0
   (mean Y²): below 1 the anchors explain the labels, above 1 they do worse than no anchors;
 * ``anchors_distinct`` — distinct codes among the C columns of sign(W) (C when every class has its own);
@@ -88,13 +88,12 @@ def routing_purity(top1: torch.Tensor, labels: torch.Tensor) -> float:
 @torch.no_grad()
 def epoch_diagnostics(hasher: Hasher) -> dict[str, float]:
     """The anchor and B-step numbers of the module docstring from ``hasher``'s state after ``end_epoch``
-    (NaN without KIDDO)."""
+    (NaN without KIDDO). W is the one the epoch's B-step used, kept from its last forward pass."""
     out = dict.fromkeys(("w_norm", "ali_ratio", "anchors_distinct", "b_flips", "b_balance"), math.nan)
-    if not hasher.kiddo or hasher.criterion.B.numel() == 0:
-        return out
-    with torch.autocast(device_type=hasher.device.type, enabled=False):
-        W = hasher.anchor_matrix()
     criterion = hasher.criterion
+    if not hasher.kiddo or criterion.B.numel() == 0 or criterion.kept_W is None:
+        return out
+    W = criterion.kept_W  # the anchors the B-step used: no extra forward pass of G
     out.update(
         w_norm=float(W.norm()),
         ali_ratio=alignment_ratio(criterion.Y, criterion.B, W),

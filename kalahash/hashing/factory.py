@@ -150,12 +150,17 @@ def _resolve_hparams(method: str, hparams: dict[str, Any]) -> dict[str, Any]:
     return hp
 
 
+def uses_kiddo(method: str, hparams: dict[str, Any]) -> bool:
+    """Whether a method with these (resolved or given) hparams trains with KIDDO."""
+    kiddo = hparams.get("kiddo")
+    return bool(METHODS[method]["kiddo"] if kiddo is None else kiddo)
+
+
 def uses_knowledge(method: str, hparams: dict[str, Any]) -> bool:
     """Whether a method with these (resolved or given) hparams reads K: CLoRA's pool, KIDDO's anchors or
     the zero-shot codes."""
     spec = METHODS[method]
-    kiddo = hparams.get("kiddo")
-    return spec["adapter"] == "clora" or spec["zeroshot"] or bool(spec["kiddo"] if kiddo is None else kiddo)
+    return spec["adapter"] == "clora" or spec["zeroshot"] or uses_kiddo(method, hparams)
 
 
 def check_knowledge_control(method: str, hparams: dict[str, Any], knowledge: Any) -> str:

@@ -8,6 +8,10 @@ labels; W = G(K)ᵀ (bits × C) are the knowledge anchors. Per batch (:meth:`KID
 with L_sim the wrapped registered loss (DPSH's likelihood by default), L_qua (:func:`l_qua`) and L_ali
 (:func:`l_ali`). Once per epoch the B-step (:func:`kiddo_b_step`) minimises the discrete objective
 (:func:`kiddo_objective`) over B with W, Y and U fixed.
+
+The order is the release's (notes: KIDDO). Per batch: forward (W = G(K)ᵀ and u), keep W and u
+(:meth:`KIDDO.terms`), loss, backward, SGD step. After the epoch's last batch: the B-step with the W kept
+from that last forward pass, computed *before* its optimizer step, not a W recomputed after it.
 """
 
 from __future__ import annotations
@@ -95,10 +99,12 @@ class KIDDO(nn.Module):
 
     Per batch: loss = γ·L_sim + α·L_ali + β·L_qua with L_sim the wrapped registered loss (DPSH by
     default; any registered loss plays this role: plug-and-play). U[:, idx] ← uᵀ (detached) each
-    batch. :meth:`b_step` runs :func:`kiddo_b_step` once per epoch.
+    batch, and W is kept (``kept_W``) as the release's criterion keeps it; :meth:`b_step` runs
+    :func:`kiddo_b_step` once per epoch with that kept W (module docstring: the release's order).
 
     State (buffers, allocated by :meth:`setup`): B (bits × N) random ±1, U (bits × N) zeros,
-    Y (C × N) the training labels. ``last_flips``: entries of B the latest B-step changed (diagnostics).
+    Y (C × N) the training labels. ``kept_W``: the W of the latest forward pass (None after
+    :meth:`setup`). ``last_flips``: entries of B the latest B-step changed (diagnostics).
     """
 
     def __init__(
@@ -116,6 +122,7 @@ class KIDDO(nn.Module):
         self.alpha, self.beta, self.gamma, self.sweeps = float(alpha), float(beta), float(gamma), int(sweeps)
         for name in ("B", "U", "Y"):
             self.register_buffer(name, torch.empty(0, 0))
+        self.kept_W: torch.Tensor | None = None
         self.last_flips = 0
 
     @property
@@ -130,6 +137,7 @@ class KIDDO(nn.Module):
         self.B = (torch.randint(0, 2, (bits, n)) * 2 - 1).float().to(device)  # random signs
         self.U = torch.zeros(bits, n, device=device)
         self.Y = labels.t().contiguous().to(device)
+        self.kept_W = None
 
     def continuation_scale(self, epochs_done: int) -> float:
         return self.similarity.continuation_scale(epochs_done)
@@ -141,7 +149,8 @@ class KIDDO(nn.Module):
     def terms(
         self, u: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, W: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """The per-batch loss γ·L_sim + α·L_ali + β·L_qua and its parts; records u in U."""
+        """The per-batch loss γ·L_sim + α·L_ali + β·L_qua and its parts; records u in U and keeps W
+        for the epoch's B-step (the release's forward stores both)."""
         self._check_ready()
         n = self.B.shape[1]
         idx = indices.to(device=self.B.device, dtype=torch.long)
@@ -149,6 +158,7 @@ class KIDDO(nn.Module):
             raise ValueError(f"indices must be positions in the training set, 0..{n - 1}")
         with torch.no_grad():
             self.U[:, idx] = u.detach().t().to(self.U.dtype)
+        self.kept_W = W.detach()
         b = self.B[:, idx].t()  # (batch, bits), fixed
         inner = self.similarity.terms(u, labels, indices)
         sim, qua, ali = inner["loss"], l_qua(u, b), l_ali(labels, b, W)
@@ -158,9 +168,17 @@ class KIDDO(nn.Module):
         return parts
 
     @torch.no_grad()
-    def b_step(self, W: torch.Tensor) -> None:
-        """The B-step rule B_i ← sign(P_i − B'ᵀ W' w_i) for every bit, with the current anchors W."""
+    def b_step(self, W: torch.Tensor | None = None) -> None:
+        """The B-step rule B_i ← sign(P_i − B'ᵀ W' w_i) for every bit (the release's DCC), with ``W`` or,
+        by default, ``kept_W``: the anchors of the latest forward pass, as the release's DCC reads them."""
         self._check_ready()
+        if W is None:
+            if self.kept_W is None:
+                raise RuntimeError(
+                    "the B-step uses the W of the epoch's last forward pass, and no batch has run since "
+                    "setup: compute the loss on a batch (terms) first"
+                )
+            W = self.kept_W
         updated = kiddo_b_step(self.B, W.float(), self.Y, self.U, self.alpha, self.beta, self.sweeps)
         self.last_flips = int((updated != self.B).sum())
         self.B = updated

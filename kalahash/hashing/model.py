@@ -273,11 +273,12 @@ class Hasher(nn.Module):
 
     @torch.no_grad()
     def end_epoch(self) -> None:
-        """Once per epoch, after its last batch: KIDDO's B-step (with the current W), then the epoch
-        counter and the head's tanh slope for the next epoch (HashNet's continuation)."""
+        """Once per epoch, after its last batch: KIDDO's B-step with the W its criterion kept from the
+        epoch's last forward pass (computed before that batch's optimizer step, as the release's DCC
+        reads it; notes: KIDDO), then the epoch counter and the head's tanh slope for the next epoch
+        (HashNet's continuation)."""
         if self.kiddo:
-            with torch.autocast(device_type=self.device.type, enabled=False):
-                self.criterion.b_step(self.anchor_matrix())
+            self.criterion.b_step()
         self.epochs_done += 1
         self._set_scale(self.criterion.continuation_scale(int(self.epochs_done)))
 
