@@ -1,29 +1,25 @@
 """What each method costs, measured on the device at hand: trainable parameters, training seconds per
 epoch, images encoded per second (CLoRA's inference overhead against the frozen tower and plain LoRA),
-peak memory, and the time the mAP evaluation takes.
+peak memory while training, and the time the mAP evaluation takes.
 
-Timings depend on the machine and its load: every table names its device, and the notebook that shows
-them (08_efficiency) prints them without comparing them to stored values. Peak memory is CUDA's
-``max_memory_allocated`` above what was allocated before, on a GPU; on the CPU it is how far the
-process's resident memory rose above its level at the start (Linux ``VmHWM``, reset before each
-measurement: memory the allocator reuses does not count again), or, where that cannot be reset, the
-process's peak since it started (``ru_maxrss``); the ``memory_measure`` column says which. Each
-method is measured in a fresh process, so that memory freed by what ran before cannot hide its peak.
+Timings are noisy, so every method is built once in this process and warmed up (an untimed epoch and
+encode: compilation, the prefix cache, the allocator), then the methods are timed *alternately*, one
+after the other in each of several rounds. A ratio (a method's time over the frozen tower's) is taken
+within each round and reported as the median over rounds with its spread (their standard deviation),
+so the load of the machine at one moment weighs on every method alike; :func:`noise_reading` says when a
+ratio is within that spread. Peak memory is the tensor memory torch allocates during one training epoch
+above what was allocated when it began, for every method the same way: CUDA's allocator statistics on a
+GPU, the profiler's allocation events on the CPU (not the process's resident memory, which depends on
+what ran before). Every table names its device.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
-import resource
 import statistics
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import replace
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,8 +30,8 @@ from .experiments import ExperimentConfig
 from .machine import provenance, resolve_device
 
 EFFICIENCY_METHODS = ("lb", "fft", "lora", "clora", "kalahash")
-_STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
+# The references the encode time of each method is divided by, and the column names they give.
+_REFERENCES = (("lb", "frozen"), ("lora", "lora"))
 
 
 def _sync(device: torch.device) -> None:
@@ -43,165 +39,195 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int = 3) -> float:
-    """The median wall time of ``fn`` over ``repeats`` calls, after one warm-up call."""
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats <= 0:
-        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """The wall time of one call of ``fn`` (the device synchronised before and after)."""
+    _sync(device)
+    began = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        began = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+    _sync(device)
+    return time.perf_counter() - began
 
 
-def _status_kib(field: str) -> int:
-    for line in _STATUS.read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise OSError(f"{field} not in {_STATUS}")
+def median_spread(values: Sequence[float]) -> tuple[float, float]:
+    """(median, standard deviation) of ``values``; the spread is NaN from one value."""
+    values = [float(v) for v in values]
+    return statistics.median(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
 
 
-@contextmanager
-def peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
-    """Measure the peak memory of the block it wraps: the yielded dict gets ``mib`` (above the memory
-    in use when it began) and ``measure`` (how it was measured) when the block ends."""
-    out: dict[str, Any] = {}
+def noise_reading(ratio: float, spread: float) -> str:
+    """How a time ratio reads against its spread over rounds: "within noise" when it is within one
+    spread of 1, else "slower" or "faster"; "one round, no spread" without a spread."""
+    if np.isnan(ratio):
+        return "not measured"
+    if np.isnan(spread):
+        return "one round, no spread"
+    if abs(ratio - 1) <= spread:
+        return "within noise"
+    return "slower" if ratio > 1 else "faster"
+
+
+def peak_tensor_mib(fn: Callable[[], Any], device: torch.device) -> tuple[float, str]:
+    """The peak of tensor memory torch allocates while ``fn`` runs, above what was allocated when it
+    began, in MiB, and how it was measured: CUDA's allocator on a GPU; on the CPU the running sum of the
+    profiler's allocation and release events in time order (what ran before does not count)."""
     if device.type == "cuda":
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         start = torch.cuda.memory_allocated(device)
-        yield out
+        fn()
         _sync(device)
-        out["mib"] = (torch.cuda.max_memory_allocated(device) - start) / 2**20
-        out["measure"] = "CUDA max_memory_allocated above the start"
-        return
-    try:
-        _CLEAR_REFS.write_text("5")  # resets VmHWM to the current resident size (Linux)
-        start = _status_kib("VmRSS")
-    except OSError:
-        start = None
-    yield out
-    if start is not None:
-        out["mib"] = (_status_kib("VmHWM") - start) / 1024
-        out["measure"] = "process peak RSS (VmHWM) above the start"
-    else:
-        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
-        out["mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-        out["measure"] = "process peak RSS since it started (ru_maxrss)"
+        return (
+            torch.cuda.max_memory_allocated(device) - start
+        ) / 2**20, "CUDA allocator peak above the start"
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20, "torch CPU allocations (profiler) peak above the start"
 
 
-def _measure_method(
-    config: ExperimentConfig, device: str, encode_images: int, repeats: int, cache_root: str, threads: int
-) -> dict[str, Any]:
-    """Load the data, build ``config``'s hasher, train it for ``config.epochs`` epochs (peak memory)
-    and time the encoding of ``encode_images`` database images: one line of the table."""
+@dataclass
+class _Subject:
+    """One method, built and warmed up, with what it takes to time a training epoch and an encode."""
+
+    method: str
+    params: int
+    epoch: Callable[[], Any]
+    encode: Callable[[], Any]
+
+
+def _subject(
+    config: ExperimentConfig, data: Any, device: torch.device, encode_images: int, cache: Any
+) -> _Subject:
+    """Build ``config``'s hasher on its own backbone, ready to train on its few-shot set through the
+    prefix cache (as runs train) and to encode ``encode_images`` database images through the tower."""
     from .backbones import load_backbone
-    from .data import few_shot_split, load_dataset
+    from .data import few_shot_split
     from .hashing import build_hasher
-    from .train import PrefixCache, TrainConfig, fit
+    from .train import TrainConfig, TrainResult, batch_source, finish_epoch, make_optimizer, train_epoch
 
-    torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)
-    device = torch.device(device)
-    data = load_dataset(config.dataset, config.data_root)
     train_set = few_shot_split(data, config.shots, seed=config.seed)
-    hparams, _ = config.resolved_hparams()
+    hparams, _ = config.resolved_hparams(num_classes=len(data.classnames))
     torch.manual_seed(config.seed)
     backbone = load_backbone(config.backbone, config.pretrained, device=device)
     hasher = build_hasher(config.method, backbone, data.classnames, config.bits, **hparams)
     view = data.database.with_transform(backbone.preprocess)
     batch = torch.stack([view[i][0] for i in range(min(encode_images, len(view)))]).to(device)
-    train_config = TrainConfig(
-        epochs=config.epochs, batch_size=min(config.batch_size, len(train_set)), seed=config.seed
+    train_config = TrainConfig(batch_size=min(config.batch_size, len(train_set)), seed=config.seed)
+    hasher.begin_training(train_set.labels)
+    optimizer, scaler = make_optimizer(hasher, train_config)
+    source = batch_source(hasher, train_set, cache, progress=False)
+    result, epochs = TrainResult(), iter(range(10**9))
+
+    def epoch() -> None:
+        hasher.train()
+        number = next(epochs)
+        finish_epoch(
+            hasher, result, number, train_epoch(hasher, source, optimizer, scaler, train_config, number)
+        )
+
+    return _Subject(
+        config.method, hasher.parameter_counts()["total_trainable"], epoch, lambda: hasher.encode(batch)
     )
-    with peak_memory(device) as memory:
-        trained = fit(hasher, train_set, train_config, cache=PrefixCache(cache_root), progress=False)
-    seconds = median_seconds(lambda: hasher.encode(batch), device, repeats)
-    return {
-        "method": config.method,
-        "trainable_params": hasher.parameter_counts()["total_trainable"],
-        "train_seconds_per_epoch": trained.seconds / config.epochs,
-        "encode_images_per_second": len(batch) / seconds,
-        "peak_memory_mib": memory["mib"],
-        "memory_measure": memory["measure"],
-    }
-
-
-def _in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` in a new Python process: its memory starts clean of what this one freed."""
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(fn, *args).result()
 
 
 def measure_efficiency(
-    dataset: str = "shapes",
+    dataset: str = "objects10",
     *,
     data_root: str | None = None,
-    backbone: str = "tiny-shapes",
+    backbone: str = "tiny-objects-m",
     pretrained: str | None = None,
     methods: Sequence[str] = EFFICIENCY_METHODS,
     shots: int = 8,
     bits: int = 16,
-    epochs: int = 3,
+    rounds: int = 5,
     encode_images: int = 256,
-    repeats: int = 3,
     seed: int = 0,
     device: str | torch.device | None = None,
-    isolate: bool = True,
 ) -> pd.DataFrame:
-    """One line per method: trainable parameters, training seconds per epoch (``epochs`` epochs on a
-    ``shots``-shot set, through the frozen-prefix cache as real runs train), images encoded per second
-    (``encode_images`` database images through the whole tower, the median of ``repeats``), peak
-    memory while training, and the ``device``.
+    """One line per method: trainable parameters; the median over ``rounds`` of the seconds of one
+    training epoch (a ``shots``-shot set through the frozen-prefix cache, as runs train) and of the
+    images encoded per second (``encode_images`` database images through the whole tower); the peak
+    tensor memory of one training epoch (:func:`peak_tensor_mib`); and the ``device``.
 
-    With ``isolate`` each method is measured in a fresh process (a few seconds more each): in a
-    long-lived one, memory freed earlier is reused and a CPU peak reads too low. Without it, the
-    ``memory_measure`` column says so. ``encode_overhead_vs_frozen`` and ``encode_overhead_vs_lora``
-    divide a method's encoding time by that of the frozen tower (``lb``) and of plain LoRA (``lora``),
-    when those are measured.
+    The methods are timed alternately in each round after an untimed warm-up (module docstring).
+    ``encode_overhead_vs_frozen`` (``_vs_lora``) is the median over rounds of a method's encode time over
+    that of ``lb`` (``lora``) in the same round, ``…_spread`` its spread and ``…_reading`` what it says
+    (:func:`noise_reading`); ``train_ratio_vs_frozen`` likewise for the training epoch.
     """
+    from .data import load_dataset
+    from .train import PrefixCache
+
     if not methods:
         raise ValueError("methods is empty: give at least one of " + ", ".join(EFFICIENCY_METHODS))
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds <= 0:
+        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
     device = resolve_device(device)
-    base = ExperimentConfig(
-        dataset=dataset,
-        data_root=data_root,
-        backbone=backbone,
-        pretrained=pretrained,
-        shots=shots,
-        bits=bits,
-        epochs=epochs,
-        seed=seed,
-    )
-    lines = []
+    torch.set_flush_denormal(True)
+    base = ExperimentConfig(dataset=dataset, data_root=data_root, backbone=backbone, pretrained=pretrained,
+                            shots=shots, bits=bits, seed=seed)  # fmt: skip
+    data = load_dataset(base.dataset, base.data_root)
     with tempfile.TemporaryDirectory(prefix="kalahash-efficiency-") as cache_root:
-        for method in methods:
-            args = (replace(base, method=method), str(device), encode_images, repeats, cache_root)
-            if isolate:
-                lines.append(_in_fresh_process(_measure_method, *args, torch.get_num_threads()))
-            else:
-                line = _measure_method(*args, torch.get_num_threads())
-                lines.append({**line, "memory_measure": line["memory_measure"] + ", in a reused process"})
+        cache = PrefixCache(cache_root)
+        subjects = [_subject(replace(base, method=m), data, device, encode_images, cache) for m in methods]
+        for subject in subjects:  # warm-up: compilation, the cache's tokens, the allocator
+            subject.epoch()
+            subject.encode()
+        memory = [peak_tensor_mib(s.epoch, device) for s in subjects]
+        train = {s.method: [] for s in subjects}
+        encode = {s.method: [] for s in subjects}
+        for r in range(rounds):
+            for subject in subjects[r % len(subjects) :] + subjects[: r % len(subjects)]:  # rotate the order
+                train[subject.method].append(timed(subject.epoch, device))
+                encode[subject.method].append(timed(subject.encode, device))
+    lines = []
+    for subject, (mib, measure) in zip(subjects, memory, strict=True):
+        line = {
+            "method": subject.method,
+            "trainable_params": subject.params,
+            "train_seconds_per_epoch": median_spread(train[subject.method])[0],
+            "encode_images_per_second": min(encode_images, len(data.database))
+            / median_spread(encode[subject.method])[0],
+            "peak_memory_mib": mib,
+            "memory_measure": measure,
+            "rounds": rounds,
+        }
+        line.update(_ratios("train_ratio", train, subject.method, [("lb", "frozen")]))
+        line.update(_ratios("encode_overhead", encode, subject.method, _REFERENCES))
+        lines.append(line)
     table = pd.DataFrame(lines)
-    speed = table["encode_images_per_second"]
-    for reference, name in (("lb", "frozen"), ("lora", "lora")):
-        found = speed[table["method"] == reference]
-        table[f"encode_overhead_vs_{name}"] = found.iloc[0] / speed if len(found) else np.nan
     table["device"] = provenance(device)["device"]
     return table
 
 
+def _ratios(
+    prefix: str, times: dict[str, list[float]], method: str, references: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
+    """Per-round ratios of ``method``'s times over each reference's, as median, spread and reading."""
+    out: dict[str, Any] = {}
+    for reference, name in references:
+        key = f"{prefix}_vs_{name}"
+        if reference in times:
+            ratio, spread = median_spread(
+                [a / b for a, b in zip(times[method], times[reference], strict=True)]
+            )
+        else:
+            ratio, spread = float("nan"), float("nan")
+        out.update({key: ratio, f"{key}_spread": spread, f"{key}_reading": noise_reading(ratio, spread)})
+    return out
+
+
 def time_map(
-    data: Any, bits: int = 16, *, topk: int | None = None, repeats: int = 1, seed: int = 0
+    data: Any, bits: int = 16, *, topk: int | None = None, rounds: int = 5, seed: int = 0
 ) -> pd.DataFrame:
     """Seconds to score the query set against the database by mAP@K under each tie rule, with random
     ±1 codes of ``bits`` bits and the data set's own labels (the time depends on the sizes and the
-    ties, not on who made the codes). mAP runs on the CPU (numpy), whatever device encodes."""
+    ties, not on who made the codes): each rule called once untimed (compilation), then the rules timed
+    alternately over ``rounds``; median and spread. mAP runs on the CPU, whatever device encodes."""
     from .metrics import TIES, mean_average_precision
 
     if isinstance(bits, bool) or not isinstance(bits, int) or bits <= 0:
@@ -211,22 +237,19 @@ def time_map(
     database = rng.choice(np.array([-1, 1], np.int8), size=(len(data.database), bits))
     topk = data.topk if topk is None else topk
     cpu = torch.device("cpu")
-    lines = []
     args = (query, data.query.labels, database, data.database.labels)
+    calls = {rule: (lambda r=rule: mean_average_precision(*args, topk=topk, ties=r)) for rule in TIES}
+    for call in calls.values():
+        call()  # compilation and caches: not timed
+    seconds: dict[str, list[float]] = {rule: [] for rule in TIES}
+    for _ in range(rounds):
+        for rule, call in calls.items():
+            seconds[rule].append(timed(call, cpu))
+    lines = []
     for rule in TIES:
-        seconds = median_seconds(
-            lambda r=rule: mean_average_precision(*args, topk=topk, ties=r), cpu, repeats
-        )
-        lines.append(
-            {
-                "ties": rule,
-                "queries": len(query),
-                "database": len(database),
-                "topk": topk or len(database),
-                "bits": bits,
-                "seconds": seconds,
-            }
-        )
+        median, spread = median_spread(seconds[rule])
+        lines.append({"ties": rule, "queries": len(query), "database": len(database), "topk": topk or len(database),
+                      "bits": bits, "seconds": median, "seconds_spread": spread, "rounds": rounds})  # fmt: skip
     table = pd.DataFrame(lines)
     table["device"] = provenance(cpu)["device"]
     return table

@@ -13,6 +13,9 @@ nothing did:
 * ``anchors_misfit`` — L_ali over all training images at the last epoch is above its value at W = 0:
   the anchors explain the labels worse than no anchors at all.
 * ``codes_collapsed`` — the database holds fewer distinct codes than there are classes.
+
+A run whose training loss became inf or NaN is stopped and, in a study, recorded with the flag
+``loss_nonfinite`` (:data:`DIVERGED`) and NaN mAP. :data:`FLAG_MEANINGS` says each in a line, for readers.
 """
 
 from __future__ import annotations
@@ -32,6 +35,17 @@ HISTORY_FOLDER = "histories"
 W_BOUND_FACTOR = 10.0
 FLAG_MARK = "⚑"
 FLAGS = ("W_diverged", "anchors_collapsed", "anchors_misfit", "codes_collapsed")
+# The flag of a run whose training loss became inf or NaN (train.check_finite_loss stopped it).
+DIVERGED = "loss_nonfinite"
+FLAG_MEANINGS = {
+    "W_diverged": "‖W‖ of the knowledge anchors grew past 10·√(bits·C), far beyond any fit of the labels",
+    "anchors_collapsed": "at the end, classes share anchor codes (fewer distinct columns of sign(W) than "
+    "classes), so the alignment loss and the B-step cannot tell them apart",
+    "anchors_misfit": "at the end, the anchors fit the labels worse than no anchors at all (L_ali above its "
+    "value at W = 0)",
+    "codes_collapsed": "the database holds fewer distinct codes than there are classes",
+    DIVERGED: "the training loss became inf or NaN and the run was stopped: no mAP",
+}
 
 
 def history_path(workdir: str | os.PathLike, config_id: str) -> Path:
@@ -109,6 +123,18 @@ def stored_flags(table: pd.DataFrame) -> pd.DataFrame:
 
 def _flag_list(value: Any) -> list[str]:
     return [f for f in value.split(";") if f] if isinstance(value, str) else []
+
+
+def flag_counts(rows: pd.DataFrame, by: str) -> dict[str, dict[Any, int]]:
+    """For each flag the rows raise (in :data:`FLAG_MEANINGS` order), how many runs of each ``by`` value
+    raised it."""
+    counts: dict[str, dict[Any, int]] = {}
+    for key, value in zip(rows[by], rows.get("flags", []), strict=False):
+        for flag in _flag_list(value):
+            counts.setdefault(flag, {}).setdefault(key, 0)
+            counts[flag][key] += 1
+    order = list(FLAG_MEANINGS)
+    return dict(sorted(counts.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
 def group_flags(flags: Iterable[Any]) -> str:

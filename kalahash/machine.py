@@ -35,8 +35,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def _git_commit() -> str:
+# What a run writes, not what makes its numbers: changes here do not make the tree "dirty".
+_OUTPUTS = ("figures",)
+
+
+def git_commit() -> str:
+    """The commit of the code that runs, with ``+dirty`` when tracked files other than the outputs
+    (:data:`_OUTPUTS`: figures a run of the notebooks rewrites) differ from it; "unknown" outside git."""
     here = Path(__file__).resolve().parent
+    outputs = [f":(exclude,top){name}" for name in _OUTPUTS]
     try:
         commit = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "HEAD"],
@@ -46,7 +53,7 @@ def _git_commit() -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", ":/", *outputs],
             capture_output=True,
             text=True,
             timeout=10,
@@ -67,7 +74,7 @@ def provenance(device: torch.device | str | None = None) -> dict[str, str]:
     else:
         device_name = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     return {
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "kalahash_version": __version__,
         "torch_version": torch.__version__,
         "open_clip_version": open_clip.__version__,

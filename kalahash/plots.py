@@ -6,6 +6,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,51 @@ _PROVENANCE_COLUMNS = (
     "backbone_fingerprint",
     "ties_rule",
 )
+# What an artefact says of the setting that made it, from the notebook's settings where the rows lack it.
+_SETTING_KEYS = ("profile", "dataset", "backbone", "pretrained", "seeds")
 
 
-def _sidecar(rows: pd.DataFrame, extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    info: dict[str, Any] = {"rows": len(rows)}
+def _sidecar(
+    rows: pd.DataFrame, extra: Mapping[str, Any] | None, settings: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """An artefact's provenance: the commit that wrote it and the rows' commits, versions and machine,
+    the config ids, seeds, profile, data set and backbone."""
+    from .machine import git_commit
+
+    info: dict[str, Any] = {"written_by_commit": git_commit(), "rows": len(rows)}
+    for key in _SETTING_KEYS:
+        if settings is not None and settings.get(key) is not None:
+            info[key] = settings[key]
     if "config_id" in rows:
         info["config_ids"] = sorted(set(map(str, rows["config_id"])))
     for column in _PROVENANCE_COLUMNS:
         if column in rows:
-            info[column] = sorted(set(map(str, rows[column])))
-    if "seed" in rows:
-        info["seeds"] = sorted(set(int(s) for s in rows["seed"]))
+            info[column] = sorted(set(map(str, rows[column].dropna())))
+    for column, key in (("seed", "seeds"), ("dataset", "dataset"), ("backbone", "backbone")):
+        if column in rows:
+            values = sorted(set(rows[column].dropna()))
+            info[key] = [int(v) for v in values] if key == "seeds" else [str(v) for v in values]
     info.update(extra or {})
     return info
+
+
+@dataclass(frozen=True)
+class SavedFigure:
+    """A figure written to disk. A notebook shows its PNG (the same under any matplotlib backend, so the
+    committed notebook shows what a reader's run shows); as text it names its files."""
+
+    name: str
+    paths: tuple[Path, ...]
+
+    @property
+    def png(self) -> Path:
+        return self.paths[0]
+
+    def _repr_png_(self) -> bytes:
+        return self.png.read_bytes()
+
+    def __repr__(self) -> str:
+        return f"figure {self.name}: " + ", ".join(p.name for p in self.paths)
 
 
 def save_figure(
@@ -48,15 +81,16 @@ def save_figure(
     rows: pd.DataFrame,
     out_dir: str | os.PathLike = "figures",
     extra: Mapping[str, Any] | None = None,
-) -> list[Path]:
-    """Write ``name``.png and .pdf, plus ``name``.rows.csv (the rows plotted) and ``name``.json (provenance).
-
-    The PNG and PDF also carry the commit and config ids in their metadata.
+    settings: Mapping[str, Any] | None = None,
+) -> SavedFigure:
+    """Write ``name``.png and .pdf, ``name``.rows.csv (the rows plotted) and ``name``.figure.json (its
+    provenance: :func:`_sidecar`, with ``settings``), then close the figure: what a notebook shows is
+    the returned :class:`SavedFigure`, the saved PNG. The PNG and PDF carry the commit in their metadata.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    info = _sidecar(rows, extra)
-    summary = f"kalahash {name}; commit {','.join(info.get('git_commit', ['?']))}; rows in {name}.rows.csv"
+    info = _sidecar(rows, extra, settings)
+    summary = f"kalahash {name}; commit {info['written_by_commit']}; rows in {name}.rows.csv"
     paths = []
     for suffix, meta in (
         ("png", {"Title": name, "Description": summary, "Software": "kalahash"}),
@@ -67,11 +101,12 @@ def save_figure(
             path, lambda tmp, s=suffix, m=meta: fig.savefig(tmp, format=s, metadata=m, bbox_inches="tight")
         )
         paths.append(path)
-    paths.append(save_table(rows, f"{name}.rows", out_dir=out, extra=info, write_json=False))
-    json_path = out / f"{name}.json"
+    plt.close(fig)
+    paths.append(save_table(rows, f"{name}.rows", out_dir=out, write_json=False))
+    json_path = out / f"{name}.figure.json"
     atomic_write_text(json_path, json.dumps(info, indent=2, default=str))
     paths.append(json_path)
-    return paths
+    return SavedFigure(name, tuple(paths))
 
 
 def save_table(
@@ -81,17 +116,20 @@ def save_table(
     extra: Mapping[str, Any] | None = None,
     write_json: bool = True,
     markdown: bool = False,
+    settings: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a table as CSV (atomic), with a JSON provenance sidecar unless told otherwise, and with
-    ``markdown`` also as ``name``.md (:func:`markdown_table`), for a README or a paper draft."""
+    """Write a table as CSV (atomic), with a provenance sidecar ``name``.table.json unless told otherwise
+    (never the name a figure's sidecar has), and with ``markdown`` also as ``name``.md
+    (:func:`markdown_table`), for a README or a paper draft."""
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.csv"
     atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
     if markdown:
         atomic_write_text(out / f"{name}.md", markdown_table(table) + "\n")
     if write_json:
-        info = _sidecar(table, extra)
-        atomic_write_text(out / f"{name}.json", json.dumps(info, indent=2, default=str))
+        info = _sidecar(table, extra, settings)
+        atomic_write_text(out / f"{name}.table.json", json.dumps(info, indent=2, default=str))
     return path
 
 
@@ -108,34 +146,103 @@ def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
     return "\n".join(lines)
 
 
+def _label(name: Any) -> str:
+    """A method id as tables and figures name it (LB, FFT, LoRA, KALAHash, ...); other labels as given."""
+    from .hashing import METHOD_LABELS
+
+    return METHOD_LABELS.get(name, str(name))
+
+
+def _flagged(summary: pd.DataFrame) -> pd.Series:
+    """Which groups of a summary had a flagged run (its ``flags`` column, :func:`summarize`)."""
+    flags = summary["flags"] if "flags" in summary else pd.Series("", index=summary.index)
+    return flags.fillna("").astype(str) != ""
+
+
+def _bars(
+    ax: plt.Axes, summary: pd.DataFrame, label: str, value: str, error: str | None, colour: str = "#4C72B0"
+) -> None:
+    """A bar per line of ``summary`` with its error bar (none from one seed: the std is NaN), the value
+    over it, ⚑ over a group with a flagged run, and "diverged" where the value is NaN. The y range fits
+    the bars (from 0), so differences between arms are not squashed into a 0-1 axis."""
+    values = summary[value].astype(float)
+    errors = summary[error].astype(float) if error else pd.Series(math.nan, index=summary.index)
+    positions = list(range(len(summary)))
+    ax.bar(positions, values.fillna(0), yerr=errors, capsize=3, color=colour)
+    top = float((values + errors.fillna(0)).max()) if values.notna().any() else 1.0
+    many = len(positions) > 6
+    for i, v, e, flagged in zip(positions, values, errors.fillna(0), _flagged(summary), strict=True):
+        if math.isnan(v):
+            ax.text(
+                i, top * 0.02, "diverged", ha="center", va="bottom", rotation=90, fontsize=8, color="#C44E52"
+            )
+        else:
+            text = f"{v:.3f}" + (" ⚑" if flagged else "")
+            ax.text(
+                i, v + e + top * 0.01, text, ha="center", va="bottom", fontsize=7, rotation=90 if many else 0
+            )
+    tilted = len(positions) > 3
+    ax.set_xticks(positions, [_label(x) for x in summary[label]], rotation=30 if tilted else 0,
+                  ha="right" if tilted else "center", fontsize=8)  # fmt: skip
+    ax.set_ylim(0, top * (1.3 if many else 1.18))
+
+
+def _flag_note(fig: plt.Figure, summary: pd.DataFrame) -> None:
+    if _flagged(summary).any():
+        fig.text(
+            0.01, 0.005, "⚑ a run of this arm raised a flag (see the table)", fontsize=7, color="#555555"
+        )
+
+
 def bar_by_method(summary: pd.DataFrame, title: str, value: str = "mean", error: str = "std") -> plt.Figure:
-    """mAP per method (one bar each, error bars over seeds), as the demo and the ablations show it."""
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar(summary["method"], summary[value], yerr=summary.get(error), capsize=4, color="#4C72B0")
+    """mAP per method (a bar each, error bars over seeds where there are several), as the demo and
+    notebook 01 show it."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    _bars(ax, summary, "method", value, error)
     ax.set_ylabel("mAP")
-    ax.set_title(title)
-    ax.set_ylim(0, max(1.0, float(summary[value].max()) * 1.1))
-    for i, v in enumerate(summary[value]):
-        ax.text(i, v + 0.01, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    _flag_note(fig, summary)
     fig.tight_layout()
     return fig
 
 
 def shot_scaling(
-    summary: pd.DataFrame, title: str, value: str = "mean", error: str = "std", series: str = "method"
+    summary: pd.DataFrame,
+    title: str,
+    value: str = "mean",
+    error: str = "std",
+    series: str = "method",
+    reference: float | None = None,
 ) -> plt.Figure:
-    """mAP against shots per class (log scale), one line per ``series`` (method), error bars over seeds."""
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    """mAP against shots per class (log scale), one line per ``series`` (method), error bars over seeds,
+    ⚑ at points with a flagged run; ``reference`` draws the zero-shot codes' level as a dashed line."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    flagged = _flagged(summary)
     for method, group in summary.groupby(series, sort=False):
         group = group.sort_values("shots")
-        ax.errorbar(group["shots"], group[value], yerr=group[error], marker="o", capsize=3, label=method)
+        line = ax.errorbar(
+            group["shots"], group[value], yerr=group[error], marker="o", capsize=3, label=_label(method)
+        )
+        for x, y, f in zip(group["shots"], group[value], flagged[group.index], strict=True):
+            if f:
+                ax.annotate(
+                    "⚑",
+                    (x, y),
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                    fontsize=8,
+                    color=line[0].get_color(),
+                )
+    if reference is not None:
+        ax.axhline(reference, color="grey", ls="--", lw=1, label="zero-shot codes")
     ax.set_xscale("log", base=2)
     shots = sorted(summary["shots"].unique())
     ax.set_xticks(shots, [str(s) for s in shots])
     ax.set_xlabel("shots per class")
     ax.set_ylabel("mAP")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    _flag_note(fig, summary)
     fig.tight_layout()
     return fig
 
@@ -219,8 +326,10 @@ def backbone_scaling(
     value: str = "mean",
     error: str = "std",
     params: Mapping[str, int] | None = None,
+    reference: float | None = None,
 ) -> plt.Figure:
-    """mAP against the backbone's parameter count (log scale), one line per method, each backbone named.
+    """mAP against the backbone's parameter count (log scale), one line per method, each backbone named,
+    ⚑ at points with a flagged run; ``reference`` draws the zero-shot codes' level.
 
     ``summary`` has one row per (backbone, method) with ``value`` and ``error`` (e.g.
     ``summarize(rows, by=("backbone", "method"))``). Parameter counts come from a ``params`` column,
@@ -235,9 +344,23 @@ def backbone_scaling(
             b: int(given[b]) if b in given else parameter_count(b) for b in summary["backbone"].unique()
         }
     table = summary.assign(params=summary["backbone"].map(counts)).sort_values("params")
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = plt.subplots(figsize=(5.6, 3.7))
     for method, group in table.groupby("method", sort=False):
-        ax.errorbar(group["params"], group[value], yerr=group[error], marker="o", capsize=3, label=method)
+        line = ax.errorbar(
+            group["params"], group[value], yerr=group[error], marker="o", capsize=3, label=_label(method)
+        )
+        for x, y, f in zip(group["params"], group[value], _flagged(group), strict=True):
+            if f:
+                ax.annotate(
+                    "⚑",
+                    (x, y),
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                    fontsize=8,
+                    color=line[0].get_color(),
+                )
+    if reference is not None:
+        ax.axhline(reference, color="grey", ls="--", lw=1, label="zero-shot codes")
     for backbone, group in table.groupby("backbone", sort=False):
         top = group[value] + group[error].fillna(0)
         ax.annotate(
@@ -255,23 +378,24 @@ def backbone_scaling(
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("backbone parameters (image + text towers)")
     ax.set_ylabel("mAP")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.margins(x=0.15, y=0.15)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    _flag_note(fig, table)
     fig.tight_layout()
     return fig
 
 
 def _mean_std(rows: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
-    table = rows.groupby(by, sort=False)[value].agg(mean="mean", std="std").reset_index()
-    table["std"] = table["std"].fillna(0.0)  # one seed: no spread
-    return table
+    """Mean and std over seeds (std NaN from one seed: no error bar is drawn)."""
+    return rows.groupby(by, sort=False)[value].agg(mean="mean", std="std").reset_index()
 
 
 def map_silhouette_bars(
     maps: pd.DataFrame, silhouettes: pd.DataFrame, title: str = "", value: str = "map"
 ) -> plt.Figure:
-    """mAP per method (left) and silhouette of features and codes per method (right), mean ± std.
+    """mAP per method (left) and silhouette of features and codes per method (right), mean ± std over
+    seeds (no error bar from one seed).
 
     ``maps`` has one row per method and seed with ``value``; ``silhouettes`` one row per method, space
     and seed with ``silhouette`` (as :func:`kalahash.embeddings.silhouette_scores` gives, plus a seed
@@ -284,25 +408,28 @@ def map_silhouette_bars(
     sil = _mean_std(silhouettes, ["method", "space"], "silhouette")
     spaces = list(dict.fromkeys(sil["space"]))
     colours = sns.color_palette("deep", n_colors=1 + len(spaces))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(4 + 1.1 * len(methods), 3.4))
-    positions = range(len(methods))
-    left.bar(positions, mean_map["mean"], yerr=mean_map["std"], capsize=4, color=colours[0])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(4.5 + 1.2 * len(methods), 3.6))
+    _bars(left, mean_map.reset_index(), "method", "mean", "std", colour=colours[0])
     left.set_ylabel("mAP")
-    left.set_ylim(0, max(1.0, float(mean_map["mean"].max()) * 1.1))
+    left.set_title("mAP", fontsize=9)
+    positions = range(len(methods))
     width = 0.8 / max(len(spaces), 1)
+    highs = []
     for j, space in enumerate(spaces):
         part = sil[sil["space"] == space].set_index("method").reindex(methods)
         offsets = [i - 0.4 + width * (j + 0.5) for i in positions]
         right.bar(
             offsets, part["mean"], width, yerr=part["std"], capsize=3, color=colours[1 + j], label=space
         )
+        highs += list(part["mean"] + part["std"].fillna(0))
     right.set_ylabel("silhouette (0-100)")
-    right.set_ylim(0, 100)
+    right.set_title("class separation (silhouette, 50 = none)", fontsize=9)
+    right.axhline(50, color="grey", lw=0.8, ls=":")
+    right.set_ylim(max(0, min(sil["mean"]) - 10), min(100, max(highs) + 5))
     right.legend(fontsize=8)
-    for ax in (left, right):
-        ax.set_xticks(list(positions), methods, rotation=30, ha="right")
+    right.set_xticks(list(positions), [_label(m) for m in methods], fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -344,8 +471,8 @@ def umap_grid(
                 ax=ax,
                 legend=ax is axes.flat[0],
             )
-            score = f"\n{scores[method]:.1f}" if scores is not None and method in scores else ""
-            ax.set_title(f"{method}{score}", fontsize=9)
+            score = f" ({scores[method]:.1f})" if scores is not None and method in scores else ""
+            ax.set_title(f"{_label(method)}{score}", fontsize=9, pad=4)
             ax.set(xticks=[], yticks=[], xlabel="", ylabel="")
             sns.despine(ax=ax, left=True, bottom=True)
         for ax in list(axes.flat)[len(methods) :]:
@@ -356,8 +483,8 @@ def umap_grid(
             first.get_legend().remove()
             fig.legend(handles, labels, loc="center right", fontsize=7, markerscale=1.5, frameon=False)
         if title:
-            fig.suptitle(title)
-        fig.tight_layout(rect=(0, 0, 0.85, 1))
+            fig.suptitle(title, fontsize=10)
+        fig.tight_layout(rect=(0, 0, 0.85, 0.97 if title else 1))
     return fig
 
 
@@ -369,18 +496,33 @@ def bar_panels(
     value: str = "mean",
     error: str | None = "std",
     ylabel: str = "mAP",
+    titles: Mapping[str, str] | None = None,
+    ncols: int = 3,
+    sharey: bool = True,
 ) -> plt.Figure:
-    """One small bar chart per value of ``panel`` (an ablation, a loss, a measure), a bar per ``label``,
-    error bars over seeds; each panel keeps its own y scale."""
+    """One small bar chart per value of ``panel`` (an ablation, a loss), in a grid of ``ncols`` columns
+    that fits a page; a bar per ``label``, error bars over seeds (none from one seed), ⚑ over a group
+    with a flagged run and "diverged" for an arm with no mAP. ``titles`` names the panels in words;
+    ``sharey`` puts panels that compare the same quantity on one scale."""
     panels = list(dict.fromkeys(summary[panel]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 0.6, 3.4), squeeze=False)
-    for ax, name in zip(axes[0], panels, strict=True):
+    cols = min(ncols, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.3 * cols + 0.4, 3.0 * rows + 0.5), squeeze=False, sharey=sharey
+    )
+    for ax, name in zip(axes.flat, panels, strict=False):
         part = summary[summary[panel] == name]
-        ax.bar(range(len(part)), part[value], yerr=part[error] if error else None, capsize=3, color="#4C72B0")
-        ax.set_xticks(range(len(part)), part[label], rotation=45, ha="right", fontsize=7)
-        ax.set_title(str(name), fontsize=9)
-        ax.tick_params(axis="y", labelsize=7)
-    axes[0][0].set_ylabel(ylabel)
+        _bars(ax, part, label, value, error)
+        ax.set_title((titles or {}).get(name, str(name)), fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
+    if sharey:
+        tops = summary[value] + (summary[error].fillna(0) if error else 0)
+        axes.flat[0].set_ylim(0, float(tops.max()) * 1.25)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
     fig.suptitle(title, fontsize=10)
+    _flag_note(fig, summary)
     fig.tight_layout()
     return fig

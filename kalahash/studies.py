@@ -26,6 +26,7 @@ from .experiments import (
     run_experiment,
     summarize,
 )
+from .history import DIVERGED
 
 MAIN_DATASETS = ("cifar10", "nuswide", "coco")
 MAIN_BITS = (16, 32, 64)
@@ -37,7 +38,16 @@ PAPER_BACKBONES = ("SLIP-ViT-S-16", "ViT-B-32", "ViT-L-14")
 SMOKE_BACKBONES = ("tiny-objects-s", "tiny-objects-m", "tiny-objects-l")
 # The paper's weights for an open_clip model that has them; SLIP's come from a local file (slip_weights).
 PAPER_WEIGHTS = "openai"
-ABLATIONS = ("components", "selection", "rank", "strength", "loss_weights", "placement", "knowledge")
+ABLATIONS = ("components", "selection", "rank", "strength", "loss_weights", "placement")
+# The ablations' panels, in words.
+ABLATION_TITLES = {
+    "components": "components",
+    "selection": "CLoRA's class selection",
+    "rank": "rank r",
+    "strength": "strength α",
+    "loss_weights": "KIDDO's loss weights",
+    "placement": "where CLoRA goes",
+}
 
 # What each study runs in each profile, on top of the profile itself (kalahash.experiments.PROFILES).
 # The smoke sizes keep CI in its budget on 2 cores; study_settings()["reduced"] says what they leave out.
@@ -48,16 +58,21 @@ STUDY_SIZES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "shots": {"smoke": {"mdsh_fft_shots": [1, 2, 4]}, "paper": {}},
     "ablations": {
-        "smoke": {"shots": [1], "seeds": [0], "ablations": list(ABLATIONS)},
-        "paper": {"shots": [1], "ablations": list(ABLATIONS)},
+        "smoke": {
+            "shots": [1],
+            "ablations": list(ABLATIONS),
+            "knowledge_shots": [1, 2, 4, 8],
+            "knowledge_seeds": [0, 1, 2],
+        },
+        "paper": {"shots": [1], "ablations": list(ABLATIONS), "knowledge_shots": [1, 2, 4, 8]},
     },
     "plug_and_play": {
-        "smoke": {"shots": [1], "seeds": [0], "losses": list(PLUG_LOSSES)},
+        "smoke": {"shots": [1], "losses": list(PLUG_LOSSES)},
         "paper": {"shots": [1], "losses": list(PLUG_LOSSES)},
     },
     "efficiency": {
-        "smoke": {"train_shots": 8, "timed_epochs": 3, "methods": ["lb", "fft", "lora", "clora", "kalahash"]},
-        "paper": {"train_shots": 8, "timed_epochs": 3, "methods": ["lb", "fft", "lora", "clora", "kalahash"]},
+        "smoke": {"train_shots": 8, "rounds": 5, "methods": ["lb", "fft", "lora", "clora", "kalahash"]},
+        "paper": {"train_shots": 8, "rounds": 5, "methods": ["lb", "fft", "lora", "clora", "kalahash"]},
     },
     # the smoke family: three sizes of a tiny CLIP pre-trained on the objects10 world
     "backbones": {
@@ -78,13 +93,14 @@ STUDY_SIZES: dict[str, dict[str, dict[str, Any]]] = {
 _STUDY_KEYS = {
     "main": ("datasets", "bits", "shots", "seeds", "epochs"),
     "shots": ("scaling_shots", "mdsh_fft_shots", "seeds", "epochs"),
-    "ablations": ("shots", "seeds", "epochs"),
+    "ablations": ("shots", "seeds", "knowledge_shots", "knowledge_seeds", "epochs"),
     "plug_and_play": ("shots", "seeds", "epochs"),
     "efficiency": (),
     "backbones": ("dataset", "backbones", "shots", "methods", "seeds", "epochs"),
     "embeddings": ("shots", "methods", "seeds", "epochs"),
 }
-_LIST_KEYS = ("datasets", "bits", "mdsh_fft_shots", "ranks", "strengths", "losses", "ablations", "backbones")
+_LIST_KEYS = ("datasets", "bits", "mdsh_fft_shots", "ranks", "strengths", "losses", "ablations", "backbones",
+              "knowledge_shots", "knowledge_seeds")  # fmt: skip
 
 # The values the ablations try; the setting's own preset value is always added, so the paper's arm is
 # the plain method's run.
@@ -123,13 +139,21 @@ def _text(values: Any) -> str:
     return ", ".join(map(str, values)) if isinstance(values, list | tuple) else str(values)
 
 
+def _named(key: str, values: Any) -> Any:
+    """Method ids as tables name them (LB, KALAHash, ...); other settings as they are."""
+    from .hashing import METHOD_LABELS
+
+    return [METHOD_LABELS.get(m, m) for m in values] if key == "methods" else values
+
+
 def _reductions(study: str, settings: Mapping[str, Any]) -> str:
     """Where this study's size is not the paper's, in words ("" when it is)."""
     paper = {**PROFILES["paper"], **STUDY_SIZES[study]["paper"]}
     paper.setdefault("datasets", [paper["dataset"]])
     paper.setdefault("mdsh_fft_shots", paper["scaling_shots"])
+    paper.setdefault("knowledge_seeds", paper["seeds"])
     smaller = [
-        f"{key.replace('_', ' ')} {_text(settings[key])} (paper: {_text(paper[key])})"
+        f"{key.replace('_', ' ')} {_text(_named(key, settings[key]))} (paper profile: {_text(_named(key, paper[key]))})"
         for key in _STUDY_KEYS[study]
         if key in settings and settings[key] != paper[key]
     ]
@@ -186,8 +210,68 @@ def study_settings(study: str, profile: str = "auto", **given: Any) -> dict[str,
     ]
     if study == "shots" and settings.get("mdsh_fft_shots") is None:
         settings["mdsh_fft_shots"] = settings["scaling_shots"]
+    if study == "ablations" and settings.get("knowledge_seeds") is None:
+        settings["knowledge_seeds"] = settings["seeds"]
     settings["reduced"] = _reductions(study, settings)
     return settings
+
+
+def _ours(settings: Mapping[str, Any], bits: Sequence[int]) -> list[str]:
+    """What of a run is ours in every profile, not the paper's (paper-notes: Released hyperparameters)."""
+    from .experiments import WORLDS
+
+    datasets = settings.get("datasets") or [settings["dataset"]]
+    backbones = ", ".join(settings.get("backbones") or [settings["backbone"]])
+    out = []
+    if any(d in WORLDS for d in datasets):
+        out.append(
+            f"the data set ({', '.join(datasets)}) is our offline world and {backbones} CLIPs of ours: "
+            "its numbers show the methods at work there and are not comparable with the paper's"
+        )
+    elif settings["backbone"] != "ViT-B-32" or settings.get("pretrained") != PAPER_WEIGHTS:
+        out.append(
+            f"the backbone {settings['backbone']} is not the paper's CLIP ViT-B/32 with OpenAI weights"
+        )
+    seeds = sorted({*settings.get("seeds", []), *settings.get("knowledge_seeds", [])})
+    if seeds:
+        out.append(f"seeds {_text(seeds)} (the release trains with seed 42 alone)")
+    if any(b != 16 for b in bits):
+        out.append(
+            "codes longer than 16 bits use the released 16-bit hyperparameters (the release has no others)"
+        )
+    return out
+
+
+def describe_run(settings: Mapping[str, Any], study: str, bits: int | Sequence[int] | None = None) -> str:
+    """What a study notebook runs, printed from its settings: the data, backbone, code length, shots,
+    seeds and methods; where it is smaller than the paper profile; and what of it is ours in every
+    profile, not the paper's."""
+    bits = list_setting("bits", bits if bits is not None else settings.get("bits", [16]))
+    datasets = settings.get("datasets") or [settings["dataset"]]
+    weights = settings.get("pretrained") or "its own weights"
+    backbone = "the backbones below" if study == "backbones" else f"{settings['backbone']} ({weights})"
+    shown = [f"{_text(datasets)} with {backbone}, {_text(bits)} bits"]
+    keys = [k for k in _STUDY_KEYS[study] if k not in ("datasets", "dataset", "bits", "epochs")]
+    keys += [k for k in _SHOWN_TOO.get(study, ()) if k not in keys]
+    shown += [
+        f"{key.replace('_', ' ')} {_text(_named(key, settings[key]))}" for key in keys if key in settings
+    ]
+    shown.append(f"{settings['epochs']} epochs")
+    lines = ["Runs here: " + "; ".join(shown) + "."]
+    reduced = settings.get("reduced", "").removeprefix("not the paper's setting: ")
+    lines.append(f"Smaller than the paper profile: {reduced}." if reduced else "The paper profile's grid.")
+    lines.append("Ours, not the paper's: " + "; ".join(_ours(settings, bits)) + ".")
+    return "\n".join(lines)
+
+
+# Settings a study's description names besides those it compares with the paper profile.
+_SHOWN_TOO = {
+    "main": ("methods",),
+    "shots": ("methods",),
+    "ablations": ("ablations",),
+    "plug_and_play": ("losses",),
+    "embeddings": ("max_points",),
+}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -225,8 +309,21 @@ def _data_root(settings: Mapping[str, Any], dataset: str) -> str | None:
     return notebook_settings(settings["profile"], dataset=dataset).get("data_root")
 
 
+def _label(method: str) -> str:
+    from .hashing import METHOD_LABELS
+
+    return METHOD_LABELS[method]
+
+
+def _zero_shot(study: str, base: ExperimentConfig, seeds: Sequence[int]) -> list[Arm]:
+    """The zero-shot codes as a reference arm: one run, since nothing in it depends on the seed (no
+    sample is drawn, nothing is trained)."""
+    return _arms(study, _label("zeroshot"), base, list(seeds)[:1], method="zeroshot")
+
+
 def main_grid(settings: Mapping[str, Any]) -> list[Arm]:
-    """The main table: data sets × bits × shots × methods × seeds, labelled by method."""
+    """The main table: data sets × bits × shots × methods × seeds, labelled by method, and the zero-shot
+    codes of each cell as a reference."""
     arms = []
     for dataset in settings["datasets"]:
         root = _data_root(settings, dataset)
@@ -234,21 +331,23 @@ def main_grid(settings: Mapping[str, Any]) -> list[Arm]:
             for shots in settings["shots"]:
                 base = base_config(settings, dataset=dataset, data_root=root, bits=bits, shots=shots)
                 for method in settings["methods"]:
-                    arms += _arms("main", method, base, settings["seeds"], method=method)
+                    arms += _arms("main", _label(method), base, settings["seeds"], method=method)
+                arms += _zero_shot("main", base, settings["seeds"])
     return arms
 
 
 def shot_scaling_grid(settings: Mapping[str, Any], bits: int) -> list[Arm]:
-    """The shot-scaling figure: each method over ``scaling_shots``, and the MDSH-FFT baseline (FFT
-    trained with the MDSH loss) over ``mdsh_fft_shots``."""
+    """The shot-scaling figure: each method over ``scaling_shots``, the MDSH-FFT baseline (FFT trained
+    with the MDSH loss) over ``mdsh_fft_shots``, and the zero-shot codes as a reference level."""
     arms = []
     for shots in settings["scaling_shots"]:
         base = base_config(settings, bits=bits, shots=shots)
         for method in settings["methods"]:
-            arms += _arms("shots", method, base, settings["seeds"], method=method)
+            arms += _arms("shots", _label(method), base, settings["seeds"], method=method)
         if shots in settings["mdsh_fft_shots"]:
-            arms += _arms("shots", "mdsh-fft", base, settings["seeds"], method="fft", loss="mdsh")
-    return arms
+            arms += _arms("shots", _label("mdsh-fft"), base, settings["seeds"], method="fft", loss="mdsh")
+    first = base_config(settings, bits=bits, shots=settings["scaling_shots"][0])
+    return arms + _zero_shot("shots", first, settings["seeds"])
 
 
 def _preset_value(config: ExperimentConfig, key: str) -> Any:
@@ -300,13 +399,6 @@ def _ablation_variants(
         ]
     if name == "placement":
         return [(label, _hp(**values)) for label, values in PLACEMENTS]
-    if name == "knowledge":
-        return [
-            ("true K", {}),
-            ("permuted K", {"knowledge": "permuted"}),
-            ("random K", {"knowledge": "random"}),
-            ("zero-shot codes", {"method": "zeroshot"}),
-        ]
     raise ValueError(f"unknown ablation {name!r}; choose one of {', '.join(ABLATIONS)}")
 
 
@@ -315,14 +407,40 @@ def ablation_grid(name: str, settings: Mapping[str, Any], bits: int = 16) -> lis
 
     ``components``: LB, +CLoRA, +KIDDO, both; ``selection``: Top_r against random and fixed classes;
     ``rank``, ``strength``, ``loss_weights`` (α, β, γ one at a time): the preset's value and
-    :data:`RANKS`, :data:`STRENGTHS`, :data:`LOSS_WEIGHTS`; ``placement``: :data:`PLACEMENTS`;
-    ``knowledge``: true, permuted and random K, and the zero-shot codes.
+    :data:`RANKS`, :data:`STRENGTHS`, :data:`LOSS_WEIGHTS`; ``placement``: :data:`PLACEMENTS`. The
+    knowledge controls run across shots: :func:`knowledge_grid`.
     """
     arms = []
     for shots in settings["shots"]:
         base = base_config(settings, bits=bits, shots=shots, method="kalahash")
         for label, changes in _ablation_variants(name, base, settings):
             arms += _arms(name, label, base, settings["seeds"], **changes)
+    return arms
+
+
+KNOWLEDGE_ARMS = (
+    ("lb", "true"),
+    ("lora", "true"),
+    ("kalahash", "true"),
+    ("kalahash", "permuted"),
+    ("kalahash", "random"),
+)
+
+
+def knowledge_grid(settings: Mapping[str, Any], bits: int = 16) -> list[Arm]:
+    """Is the knowledge used? At each of ``knowledge_shots`` and ``knowledge_seeds``: LB, plain LoRA,
+    KALAHash with the true K, with K's rows permuted between classes and with random K (the controls
+    of :func:`kalahash.hashing.control_knowledge`), and the zero-shot codes of the text alone. Labels
+    are the arms' names in :func:`kalahash.verdicts.arm_names` ("KALAHash, permuted K")."""
+    arms = []
+    for shots in settings["knowledge_shots"]:
+        base = base_config(settings, bits=bits, shots=shots)
+        for method, knowledge in KNOWLEDGE_ARMS:
+            label = _label(method) + ("" if knowledge == "true" else f", {knowledge} K")
+            arms += _arms(
+                "knowledge", label, base, settings["knowledge_seeds"], method=method, knowledge=knowledge
+            )
+        arms += _zero_shot("knowledge", base, settings["knowledge_seeds"])
     return arms
 
 
@@ -379,13 +497,15 @@ def skipped_backbones(settings: Mapping[str, Any]) -> dict[str, str]:
 
 def backbone_grid(settings: Mapping[str, Any], bits: int = 16) -> list[Arm]:
     """The backbone-scaling figure: backbones (those that can run) × shots × methods × seeds, labelled by
-    method; each backbone with its own weights (:func:`backbone_weights`), never the profile's."""
+    method, and each backbone's zero-shot codes; each backbone with its own weights
+    (:func:`backbone_weights`), never the profile's."""
     arms = []
     for backbone, weights in backbone_weights(settings).items():
         for shots in settings["shots"]:
             base = base_config(settings, backbone=backbone, pretrained=weights, bits=bits, shots=shots)
             for method in settings["methods"]:
-                arms += _arms("backbones", method, base, settings["seeds"], method=method)
+                arms += _arms("backbones", _label(method), base, settings["seeds"], method=method)
+            arms += _zero_shot("backbones", base, settings["seeds"])
     return arms
 
 
@@ -397,16 +517,14 @@ def embedding_grid(settings: Mapping[str, Any], bits: int = 16) -> list[Arm]:
         )
     base = base_config(settings, bits=bits, shots=settings["shots"][0])
     return [
-        arm for m in settings["methods"] for arm in _arms("embeddings", m, base, settings["seeds"], method=m)
+        arm
+        for m in settings["methods"]
+        for arm in _arms("embeddings", _label(m), base, settings["seeds"], method=m)
     ]
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Running and tables
-
-
-# The flag of an arm whose training loss became inf or NaN (train.check_finite_loss stopped it).
-DIVERGED = "loss_nonfinite"
 
 
 def _run_arm(arm: Arm, run_options: Mapping[str, Any]) -> dict[str, Any]:

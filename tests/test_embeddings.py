@@ -132,7 +132,7 @@ def test_map_and_silhouette_bars_show_means_over_seeds():
     heights = [p.get_height() for p in right.patches]
     np.testing.assert_allclose(heights, [45.0, 65.0, 50.0, 70.0])  # features lb, kalahash; codes lb, kalahash
     assert [t.get_text() for t in right.get_legend().get_texts()] == ["features", "codes"]
-    assert [t.get_text() for t in left.get_xticklabels()] == ["lb", "kalahash"]
+    assert [t.get_text() for t in left.get_xticklabels()] == ["LB", "KALAHash"]  # display names
     with pytest.raises(ValueError, match=r"silhouettes lacks the column\(s\) \['space'\]"):
         map_silhouette_bars(maps, sil.drop(columns="space"))
     plt.close("all")
@@ -151,7 +151,7 @@ def test_umap_grid_has_a_panel_per_method_coloured_by_class():
     fig = umap_grid(coords, "maps", classnames=["cat", "dog", "bird"], scores={"lb": 51.25}, ncols=2)
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(visible) == 3 and len(fig.axes) == 4  # a 2 x 2 grid, the spare panel hidden
-    assert visible[0].get_title() == "lb\n51.2" and visible[1].get_title() == "lora"
+    assert visible[0].get_title() == "LB (51.2)" and visible[1].get_title() == "LoRA"
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["cat", "dog", "bird"]
     colours = {tuple(np.round(c, 3)) for c in visible[2].collections[0].get_facecolors()}
     assert len(colours) == 3

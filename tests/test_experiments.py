@@ -168,18 +168,34 @@ def test_project_paths_find_the_repository(tmp_path):
 
 
 def test_figures_are_traceable_to_their_rows(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from kalahash.machine import git_commit
+    from kalahash.plots import save_table
+
     rows = pd.DataFrame({
         "config_id": ["a1", "b2", "c3", "d4"], "method": ["lb", "lb", "kalahash", "kalahash"], "shots": [1, 2, 1, 2],
-        "seed": [0, 0, 0, 0], "map": [0.2, 0.3, 0.25, 0.4], "git_commit": "abc", "torch_version": "2.x",
+        "seed": [0, 1, 0, 1], "map": [0.2, 0.3, 0.25, 0.4], "git_commit": "abc", "torch_version": "2.x",
+        "dataset": "objects10", "backbone": "tiny-objects-m",
     })  # fmt: skip
     summary = rows.rename(columns={"map": "mean"}).assign(std=0.0)
-    paths = save_figure(shot_scaling(summary, "t"), "fig", rows, out_dir=tmp_path)
-    assert sorted(p.name for p in paths) == ["fig.json", "fig.pdf", "fig.png", "fig.rows.csv"]
-    info = json.loads((tmp_path / "fig.json").read_text())
+    fig = shot_scaling(summary, "t")
+    saved = save_figure(fig, "fig", rows, out_dir=tmp_path, settings={"profile": "smoke", "seeds": [0, 1]})
+    assert not plt.fignum_exists(fig.number)  # closed: a notebook shows the saved PNG, under any backend
+    assert sorted(p.name for p in saved.paths) == ["fig.figure.json", "fig.pdf", "fig.png", "fig.rows.csv"]
+    assert saved._repr_png_() == (tmp_path / "fig.png").read_bytes()
+    assert repr(saved) == "figure fig: fig.png, fig.pdf, fig.rows.csv, fig.figure.json"
+    info = json.loads((tmp_path / "fig.figure.json").read_text())
     assert info["config_ids"] == ["a1", "b2", "c3", "d4"] and info["git_commit"] == ["abc"]
+    assert info["seeds"] == [0, 1] and info["profile"] == "smoke" and info["dataset"] == ["objects10"]
+    assert info["backbone"] == ["tiny-objects-m"] and info["written_by_commit"] == git_commit()
     assert pd.read_csv(tmp_path / "fig.rows.csv")["config_id"].tolist() == ["a1", "b2", "c3", "d4"]
-    assert Image.open(tmp_path / "fig.png").text["Description"].startswith("kalahash fig; commit abc")
-    assert b"kalahash fig; commit abc" in (tmp_path / "fig.pdf").read_bytes()
+    written = f"kalahash fig; commit {git_commit()}"
+    assert Image.open(tmp_path / "fig.png").text["Description"].startswith(written)
+    assert written.encode() in (tmp_path / "fig.pdf").read_bytes()
+    save_table(rows, "fig", out_dir=tmp_path)  # a table of the same name keeps its own provenance file
+    assert json.loads((tmp_path / "fig.figure.json").read_text()) == info
+    assert json.loads((tmp_path / "fig.table.json").read_text())["rows"] == 4
 
 
 def test_rows_of_kiddo_runs_from_the_older_training_loop_run_again(tmp_path):

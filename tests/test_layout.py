@@ -57,6 +57,8 @@ LAYERS = {
     "reproduce": 8,
     # trained hashers restored from their checkpoints, embedded for Figure 1
     "views": 8,
+    # the notebooks' generated readings of their rows
+    "verdicts": 8,
     "cli": 9,
 }
 

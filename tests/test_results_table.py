@@ -16,6 +16,10 @@ from kalahash.experiments import (
     read_results,
     summarize,
 )
+from kalahash.train import TRAINING_LOOP
+
+# the training loop of today's runs: rows without it are from before the B-step fix
+LOOP = {"training_loop": TRAINING_LOOP}
 
 
 def _append_many(path: str, worker: int, n: int) -> None:
@@ -45,7 +49,7 @@ def test_config_id_identifies_the_result(tmp_path):
     assert a.config_id != b.config_id
     assert a.config_id == ExperimentConfig(shots=1, seed=0).config_id
     assert ExperimentConfig(hyperparameters={"rank": 2}).config_id != ExperimentConfig().config_id
-    append_result({**a.to_row(), "config_id": a.config_id, "map": 0.5}, path)
+    append_result({**a.to_row(), "config_id": a.config_id, "map": 0.5, **LOOP}, path)
     assert find_result(a, path)["map"] == 0.5
     assert find_result(b, path) is None
 
@@ -103,7 +107,7 @@ def test_provenance_names_versions_and_device():
 def _row(cfg: ExperimentConfig, map_value: float) -> dict:
     """A row as run_experiment writes it, in its column order (config first, then the scores)."""
     return {"config_id": cfg.config_id, **cfg.to_row(), "hparams_used": json.dumps({"rank": 1}), "map": map_value,
-            "map_at": 100, "p_at_100": 0.5, "finished_at": "2025-01-01T00:00:00+0000"}  # fmt: skip
+            "map_at": 100, "p_at_100": 0.5, "finished_at": "2025-01-01T00:00:00+0000", **LOOP}  # fmt: skip
 
 
 def test_a_row_cut_mid_number_is_reported_and_runs_again(tmp_path):
@@ -197,9 +201,11 @@ def test_a_row_from_before_later_fields_stays_intact_after_they_arrive(tmp_path,
     old_cfg = ExperimentConfig(method="lb", seed=3)
     old_row = {k: v for k, v in old_cfg.to_row().items() if k not in later}
     old_id = hashlib.sha256(json.dumps(old_row, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    append_result({"config_id": old_id, **old_row, "map": 0.25, "map_at": 10}, path)
+    append_result({"config_id": old_id, **old_row, "map": 0.25, "map_at": 10, **LOOP}, path)
     new_cfg = ExperimentConfig(method="kalahash", seed=3, knowledge="permuted")
-    append_result({"config_id": new_cfg.config_id, **new_cfg.to_row(), "map": 0.5, "map_at": 10}, path)
+    append_result(
+        {"config_id": new_cfg.config_id, **new_cfg.to_row(), "map": 0.5, "map_at": 10, **LOOP}, path
+    )
     table = read_results(path)
     assert list(table["config_id"]) == [old_id, new_cfg.config_id]
     assert find_result(old_cfg, path)["map"] == 0.25

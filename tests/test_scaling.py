@@ -47,9 +47,10 @@ def test_backbone_scaling_draws_each_method_against_size():
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
     lines = {c.get_label(): c.lines[0] for c in ax.containers}  # errorbar: (data line, caps, bars)
-    assert set(lines) == {"lb", "kalahash"}
+    assert set(lines) == {"LB", "KALAHash"}  # the methods' display names
     counts = sorted(parameter_count(b) for b in ("tiny", "SLIP-ViT-S-16", "ViT-B-32"))
-    for method, line in lines.items():
+    for label, line in lines.items():
+        method = {"LB": "lb", "KALAHash": "kalahash"}[label]
         np.testing.assert_array_equal(line.get_xdata(), counts)  # sorted by size
         expected = summary[summary["method"] == method].set_index("backbone")["mean"]
         assert list(line.get_ydata()) == [expected["tiny"], expected["SLIP-ViT-S-16"], expected["ViT-B-32"]]

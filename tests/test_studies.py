@@ -10,7 +10,7 @@ from helpers import tiny_list_dataset
 
 from kalahash.backbones import load_backbone, parameter_count
 from kalahash.experiments import PROFILES, ExperimentConfig, run_experiment
-from kalahash.hashing import build_hasher
+from kalahash.hashing import METHOD_LABELS, build_hasher
 from kalahash.plots import backbone_scaling, bar_panels, markdown_table, save_table
 from kalahash.studies import (
     ABLATIONS,
@@ -22,6 +22,7 @@ from kalahash.studies import (
     backbone_grid,
     backbone_table,
     backbone_weights,
+    knowledge_grid,
     main_grid,
     main_table,
     main_table_wide,
@@ -53,7 +54,7 @@ def test_study_settings_take_the_study_size_between_profile_and_parameters():
     assert (
         smoke["reduced"].startswith("not the paper's setting")
         and "seeds" in smoke["reduced"]
-        and "paper: cifar10, nuswide, coco" in smoke["reduced"]
+        and "paper profile: cifar10, nuswide, coco" in smoke["reduced"]
     )
     assert study_settings("main", shots="[2]", bits=32)["shots"] == [2]
     assert study_settings("main", bits=32)["bits"] == [32]
@@ -73,9 +74,11 @@ def test_study_settings_take_the_study_size_between_profile_and_parameters():
 def test_main_grid_covers_every_cell_and_reuses_the_plain_runs():
     settings = study_settings("main", profile="paper", seeds=[0, 1])
     arms = main_grid(settings)
-    assert len(arms) == 3 * 3 * 4 * 4 * 2  # data sets x bits x shots x methods x seeds
+    references = [a for a in arms if a.config.method == "zeroshot"]
+    assert len(references) == 3 * 3 * 4 and {a.config.seed for a in references} == {0}  # one a cell
+    assert len(arms) == 3 * 3 * 4 * 4 * 2 + len(references)  # data sets x bits x shots x methods x seeds
     cells = {(a.config.dataset, a.config.bits, a.config.shots, a.config.method, a.config.seed) for a in arms}
-    assert len(cells) == len(arms) and all(a.label == a.config.method for a in arms)
+    assert len(cells) == len(arms) and all(a.label == METHOD_LABELS[a.config.method] for a in arms)
     roots = {a.config.dataset: a.config.data_root for a in arms}
     assert all(root.endswith(f"data/{name}") for name, root in roots.items())
     plain = _plain(settings, shots=1, bits=16, method="lb", seed=0)  # cifar10, the profile's data set
@@ -85,10 +88,12 @@ def test_main_grid_covers_every_cell_and_reuses_the_plain_runs():
 def test_shot_scaling_grid_adds_mdsh_fft_where_asked():
     settings = study_settings("shots")
     arms = shot_scaling_grid(settings, bits=16)
-    mdsh = [a for a in arms if a.label == "mdsh-fft"]
+    mdsh = [a for a in arms if a.label == "MDSH-FFT"]
     assert {(a.config.method, a.config.loss) for a in mdsh} == {("fft", "mdsh")}
     assert sorted({a.config.shots for a in mdsh}) == settings["mdsh_fft_shots"]
-    others = [a for a in arms if a.label != "mdsh-fft"]
+    (reference,) = [a for a in arms if a.label == "zero-shot codes"]
+    assert reference.config.method == "zeroshot" and reference.config.seed == settings["seeds"][0]
+    others = [a for a in arms if a.label not in ("MDSH-FFT", "zero-shot codes")]
     assert len(others) == len(settings["scaling_shots"]) * len(settings["methods"]) * len(settings["seeds"])
 
 
@@ -97,7 +102,7 @@ def shapes_backbone():
     return load_backbone("tiny-shapes")
 
 
-@pytest.mark.parametrize("name", [a for a in ABLATIONS if a != "knowledge"])
+@pytest.mark.parametrize("name", ABLATIONS)
 def test_each_ablation_keeps_the_papers_run_and_builds(name, shapes_backbone):
     settings = study_settings("ablations", seeds=[0])
     arms = ablation_grid(name, settings)
@@ -134,15 +139,22 @@ def test_component_and_selection_arms_change_what_they_say():
         ablation_grid("depth", settings)
 
 
-def test_knowledge_ablation_has_the_controls_and_zeroshot():
-    arms = ablation_grid("knowledge", study_settings("ablations", seeds=[0]))
+def test_knowledge_grid_runs_the_controls_across_shots_with_lb_lora_and_zeroshot():
+    settings = study_settings("ablations", knowledge_shots=[1, 4], knowledge_seeds=[0, 1])
+    arms = knowledge_grid(settings)
     controls = {a.label: (a.config.method, a.config.knowledge) for a in arms}
     assert controls == {
-        "true K": ("kalahash", "true"),
-        "permuted K": ("kalahash", "permuted"),
-        "random K": ("kalahash", "random"),
+        "LB": ("lb", "true"),
+        "LoRA": ("lora", "true"),
+        "KALAHash": ("kalahash", "true"),
+        "KALAHash, permuted K": ("kalahash", "permuted"),
+        "KALAHash, random K": ("kalahash", "random"),
         "zero-shot codes": ("zeroshot", "true"),
     }
+    assert len(arms) == 2 * (5 * 2 + 1)  # shots x (arms x seeds + one zero-shot run)
+    plain = _plain(settings, shots=4, bits=16, method="kalahash", seed=1)
+    assert plain.config_id in {a.config.config_id for a in arms}  # shared with the other notebooks
+    assert study_settings("ablations", profile="paper", seeds=[3])["knowledge_seeds"] == [3]
 
 
 def test_plug_and_play_grid_puts_each_loss_on_each_variant():
@@ -161,7 +173,7 @@ def test_backbone_study_gives_each_backbone_its_weights_and_shares_the_main_runs
     assert backbone_weights(settings) == {"ViT-B-32": "openai", "ViT-L-14": "openai"}
     assert "pass slip_weights" in skipped_backbones(settings)["SLIP-ViT-S-16"]
     arms = backbone_grid(settings)
-    assert len(arms) == 2 * len(settings["methods"]) * len(settings["seeds"])
+    assert len(arms) == 2 * (len(settings["methods"]) * len(settings["seeds"]) + 1)  # and zero-shot codes
     plain = _plain(settings, shots=1, bits=16, method="lb", seed=0)  # ViT-B-32, openai: the main table's run
     assert arms[0].config.config_id == plain.config_id
     weights = tmp_path / "slip_small_100ep.pt"
@@ -203,8 +215,9 @@ def test_backbone_runs_give_a_curve_over_parameter_counts(tmp_path):
         "progress": False,
     }
     rows = run_arms(backbone_grid(settings), **options)
-    assert list(rows["backbone"]) == ["tiny", "tiny-shapes"] and rows["pretrained"].isna().all()
-    table = backbone_table(rows)
+    assert list(rows["backbone"]) == ["tiny"] * 2 + ["tiny-shapes"] * 2 and rows["pretrained"].isna().all()
+    assert list(rows["method"]) == ["lb", "zeroshot"] * 2
+    table = backbone_table(rows[rows["method"] == "lb"])
     assert table["params"].tolist() == [parameter_count("tiny"), parameter_count("tiny-shapes")]
     assert list(table.columns[:4]) == ["backbone", "params", "shots", "method"]
     fig = backbone_scaling(table, "two tiny backbones", value="mean_index", error="std_index")

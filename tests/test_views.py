@@ -63,19 +63,19 @@ def test_embedding_views_embed_every_arm_on_the_same_images_silently(tmp_path, c
     views = embedding_views(arms, max_points=120, random_state=3, **options)
     assert capfd.readouterr() == ("", "")  # nothing leaks into a notebook's output
     assert len(counted_runs) == 4
-    assert sorted(views.embeddings) == [("kalahash", 0), ("kalahash", 1), ("lb", 0), ("lb", 1)]
+    assert sorted(views.embeddings) == [("KALAHash", 0), ("KALAHash", 1), ("LB", 0), ("LB", 1)]
     labels = {e.labels.tobytes() for e in views.embeddings.values()}
     assert len(labels) == 1 and all(len(e.codes) == 120 for e in views.embeddings.values())
-    assert list(views.rows["variant"]) == ["lb", "lb", "kalahash", "kalahash"]
+    assert list(views.rows["variant"]) == ["LB", "LB", "KALAHash", "KALAHash"]
     assert views.rows["config_id"].tolist() == [a.config.config_id for a in arms]
-    assert len(views.classnames) == views.embeddings["lb", 0].labels.shape[1]
-    assert set(views.of_seed(1)) == {"lb", "kalahash"}
+    assert len(views.classnames) == views.embeddings["LB", 0].labels.shape[1]
+    assert set(views.of_seed(1)) == {"LB", "KALAHash"}
     with pytest.raises(ValueError, match=r"no embeddings of seed 7; the seeds are \[0, 1\]"):
         views.of_seed(7)
     again = embedding_views(arms, max_points=120, random_state=3, **options)
     assert len(counted_runs) == 4  # every hasher restored
     np.testing.assert_array_equal(
-        again.embeddings["kalahash", 1].codes, views.embeddings["kalahash", 1].codes
+        again.embeddings["KALAHash", 1].codes, views.embeddings["KALAHash", 1].codes
     )
 
     table = silhouette_table(views)
@@ -91,7 +91,7 @@ def test_embedding_views_refuse_mixed_data_and_no_arms(tmp_path):
     arms = embedding_grid(settings) + embedding_grid({**settings, "dataset": "shapes-multi"})
     with pytest.raises(ValueError, match="one data set and split"):
         embedding_views(arms, **_options(tmp_path))
-    with pytest.raises(ValueError, match=r"label several runs alike \(label, seed\): \[\('lb', 0\)\]"):
+    with pytest.raises(ValueError, match=r"label several runs alike \(label, seed\): \[\('LB', 0\)\]"):
         embedding_views(arms[:1] * 2, **_options(tmp_path))
     with pytest.raises(ValueError, match="arms is empty"):
         embedding_views([], **_options(tmp_path))

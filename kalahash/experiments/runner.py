@@ -152,7 +152,7 @@ def run_experiment(
         "eval_seconds": round(time.perf_counter() - began, 3),
         "trainable_params": counts["total_trainable"],
         **diagnosis,
-        "history_file": str(history_file),
+        "history_file": str(history_file.relative_to(workdir)),  # relative: tables move between machines
         "backbone_fingerprint": backbone.fingerprint,
         "data_fingerprint": check["fingerprint"],
         "data_check_ok": check["ok"],

@@ -19,7 +19,15 @@ train, experiments, cli or world: those build on it.
 from kalahash.lora import CLoRALinear, LoRALinear
 
 from .centers import csq_centers, gilbert_varshamov_distance, hadamard, mdsh_centers
-from .factory import DEFAULT_TEMPLATE, HPARAMS, METHODS, build_hasher, uses_kiddo, uses_knowledge
+from .factory import (
+    DEFAULT_TEMPLATE,
+    HPARAMS,
+    METHOD_LABELS,
+    METHODS,
+    build_hasher,
+    uses_kiddo,
+    uses_knowledge,
+)
 from .heads import HashHead, KnowledgeAnchors, ZeroShotHead, sign
 from .kiddo import KIDDO, kiddo_b_step, kiddo_objective
 from .knowledge import KNOWLEDGE_MODES, control_knowledge, knowledge_permutation
@@ -43,6 +51,7 @@ __all__ = [
     "KNOWLEDGE_MODES",
     "LOSSES",
     "METHODS",
+    "METHOD_LABELS",
     "CLoRALinear",
     "CSQLoss",
     "DPSHLoss",

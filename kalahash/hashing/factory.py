@@ -43,6 +43,17 @@ METHODS: dict[str, dict[str, Any]] = {
     "zeroshot": {"adapter": None, "finetune": False, "kiddo": False, "zeroshot": True},
 }
 
+# How tables, figures and verdicts name each method (and the shot-scaling figure's MDSH-FFT baseline).
+METHOD_LABELS = {
+    "lb": "LB",
+    "fft": "FFT",
+    "lora": "LoRA",
+    "clora": "CLoRA",
+    "kalahash": "KALAHash",
+    "zeroshot": "zero-shot codes",
+    "mdsh-fft": "MDSH-FFT",
+}
+
 # hparam -> default (None = decided by the method or the loss); see build_hasher's docstring.
 HPARAMS: dict[str, Any] = {
     "adapter": None,
