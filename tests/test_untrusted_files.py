@@ -1,24 +1,27 @@
 """Files a user receives from someone else are read without running anything they hold: checkpoints
-(eval, run --resume, encode, search, export) and a codes folder naming a checkpoint; and the knowing
-conversion of an older kalahash's checkpoint."""
+(eval, run --resume, encode, search, export), a codes folder naming a checkpoint, weights files
+(--pretrained), exported models; and the knowing conversion of an older kalahash's checkpoint."""
 
 from __future__ import annotations
 
 import json
 import pathlib
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 from helpers import cli_run_args, fresh_tiny
 
+from kalahash.backbones import load_backbone
 from kalahash.checkpoints import (
     CHECKPOINT_FORMAT,
     UnsafeCheckpointError,
     UntrustedCheckpointError,
     convert_checkpoint,
     load_checkpoint,
+    load_exported,
     plain_values,
     save_checkpoint,
 )
@@ -163,3 +166,41 @@ def test_plain_values_refuses_objects_at_save_time(tmp_path):
     with pytest.raises(TypeError, match=r"checkpoint\['result_row'\]\['when'\] is a builtins.object"):
         save_checkpoint(tmp_path / "h.ckpt", hasher, result_row={"when": object()})
     assert not (tmp_path / "h.ckpt").exists()
+
+
+def _differential_pickle(marker: pathlib.Path) -> bytes:
+    """A pickle on which torch's weights-only reader raises TypeError (BUILD of a bare Tensor with a
+    state that ``Tensor.set_`` rejects) while a full unpickle goes on and runs ``Path(marker).touch()``."""
+    name = str(marker).encode()
+    return (
+        b"\x80\x02ctorch\nTensor\n)R\x89NN\x87b0"  # torch.Tensor(), BUILD (False, None, None), POP
+        + b"cbuiltins\ngetattr\ncpathlib\nPath\nX" + len(name).to_bytes(4, "little") + name + b"\x85R"
+        + b"X\x05\x00\x00\x00touch\x86R)R."  # getattr(Path(marker), "touch")()
+    )  # fmt: skip
+
+
+def test_a_crafted_weights_file_runs_nothing_even_with_torch_told_not_to_check(tmp_path, monkeypatch):
+    """open_clip retries a load that raised TypeError with torch's default reader, which
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD (set by users for old files) turns into a full unpickle."""
+    marker = tmp_path / "marker"
+    weights = tmp_path / "weights.pt"
+    torch.save({"a": torch.zeros(1)}, weights)
+    _replace_pickle(weights, _differential_pickle(marker))
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(ValueError) as refused:
+        load_backbone("tiny", pretrained=weights)
+    assert not marker.exists(), "unpickling the crafted weights file ran its code"
+    assert "weights-only unpickler, which runs nothing a file holds" in str(refused.value)
+    with pytest.raises(ValueError, match="not a model written by `kalahash export`"):
+        load_exported(weights)
+    assert not marker.exists()
+    assert pickle.loads(_differential_pickle(marker)) is None and marker.exists()  # it is live
+
+
+def _replace_pickle(path: pathlib.Path, data: bytes) -> None:
+    """Put ``data`` in place of the pickle of a torch.save zip."""
+    with zipfile.ZipFile(path) as archive:
+        members = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, content in members:
+            archive.writestr(info, data if info.filename.endswith("/data.pkl") else content)
