@@ -1,6 +1,7 @@
 """Files a user receives from someone else are read without running anything they hold: checkpoints
 (eval, run --resume, encode, search, export), a codes folder naming a checkpoint, weights files
-(--pretrained), exported models; and the knowing conversion of an older kalahash's checkpoint."""
+(--pretrained), exported models, image files; and the knowing conversion of an older kalahash's
+checkpoint."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import cli_run_args, fresh_tiny
+from PIL import EpsImagePlugin, Image
 
 from kalahash.backbones import load_backbone
 from kalahash.checkpoints import (
@@ -27,7 +29,9 @@ from kalahash.checkpoints import (
 )
 from kalahash.cli import main
 from kalahash.codestore import CODES_FORMAT, codes_digest
+from kalahash.data import ImageList, RetrievalData, check_data
 from kalahash.hashing import build_hasher
+from kalahash.search import Hit, write_html
 
 
 class _Touch:
@@ -204,3 +208,32 @@ def _replace_pickle(path: pathlib.Path, data: bytes) -> None:
     with zipfile.ZipFile(path, "w") as archive:
         for info, content in members:
             archive.writestr(info, data if info.filename.endswith("/data.pkl") else content)
+
+
+def test_an_image_file_holding_postscript_is_never_rendered(tmp_path, monkeypatch):
+    """Pillow opens a file by its content, and renders EPS by running Ghostscript: a data set's
+    ``photo.png`` holding PostScript must be refused by every reader of image files, not rendered."""
+    marker = tmp_path / "marker"
+
+    def ghostscript(*args):  # what rendering runs: another program, given the file
+        marker.touch()
+        return Image.new("RGB", (8, 8)).im
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    fake, real = tmp_path / "photo.png", tmp_path / "real.png"
+    Image.new("RGB", (8, 8)).save(fake, format="EPS")
+    Image.new("RGB", (8, 8)).save(real)
+    listed = ImageList([str(fake)], np.ones((1, 1), np.uint8), ["photo.png"])
+    with pytest.raises(ValueError, match=r"photo.png .*cannot be read \(UnidentifiedImageError"):
+        listed.load_image(0)
+    assert not marker.exists()
+    pool = ImageList([str(real)], np.ones((1, 1), np.uint8), ["real.png"])
+    data = RetrievalData("mine", ["cat"], query=listed, train=pool, database=pool, topk=None)
+    problems = check_data(data, progress=False, full_decode=True).problems
+    assert any("photo.png" in p and "not one of JPEG, PNG" in p for p in problems), problems
+    assert not marker.exists()
+    page = write_html([Hit(1, 0, fake)], tmp_path / "hits.html").read_text()
+    assert "(image unavailable)" in page and not marker.exists()
+    with Image.open(fake) as img:  # Pillow on its own renders it
+        img.load()
+    assert marker.exists()
