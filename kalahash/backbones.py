@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -216,6 +217,24 @@ def _check_checkpoint(path: Path) -> None:
         raise ValueError(f"checkpoint file {str(path)!r} is empty (0 bytes): download it again")
 
 
+def _check_weights_only(path: Path, name: str) -> None:
+    """Read a local weights file with torch's weights-only unpickler before open_clip does: open_clip
+    retries a load that raised TypeError with torch's default reader, which a crafted file can make raise
+    and which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` turns into a full unpickle (it runs code). A file
+    refused here is never unpickled by anything else. safetensors and numpy files hold no pickle."""
+    if path.suffix in (".safetensors", ".npz", ".npy"):
+        return
+    try:  # memory-mapped when it is a zip: tensors are not read twice
+        torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as err:  # re-raised with what to do; the cause stays chained
+        raise ValueError(
+            f"could not load checkpoint {str(path)!r} for {name!r}: kalahash reads weights files with torch's "
+            "weights-only unpickler, which runs nothing a file holds, and this file is not one it accepts "
+            f"(corrupt, TorchScript, or holding other objects; {type(err).__name__}). Pass a state dict saved "
+            "with torch.save or a .safetensors file."
+        ) from err
+
+
 def _offline_message(name: str, tag: str) -> str:
     cfg = open_clip.get_pretrained_cfg(name, tag)
     sources = [
@@ -272,6 +291,7 @@ def load_backbone(
     kwargs: dict[str, Any] = {}
     if tag is not None and _looks_like_path(tag):
         _check_checkpoint(Path(tag))
+        _check_weights_only(Path(tag), name)
     elif tag is not None:
         tags = open_clip.list_pretrained_tags_by_model(config)
         if tag not in tags:

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -36,6 +35,7 @@ from .backbones import state_fingerprint
 from .cache import device_autocast
 from .checkpoints import hasher_from_checkpoint, load_checkpoint
 from .codestore import CodeSet, Records, consolidate, load_codes, plan_encode, write_part
+from .data import open_image
 from .fileio import atomic_write, atomic_write_text
 from .hamming import pack_words, topk
 from .hashing import sign
@@ -124,7 +124,7 @@ class _ImageFiles(Dataset):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # EXIF and palette warnings are not errors
-                with Image.open(self.paths[i]) as img:
+                with open_image(self.paths[i]) as img:
                     return self.preprocess(img.convert("RGB")), ""
         except Exception as err:  # PIL raises many types for a broken file; all mean: skip it, say why
             return None, " ".join(f"unreadable image ({type(err).__name__}: {err})".split())
@@ -387,7 +387,7 @@ def write_html(hits: Sequence[Hit], out: str | os.PathLike, query: str | os.Path
 
     def thumb(path: Path) -> str:
         try:
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 img = img.convert("RGB")
                 img.thumbnail((160, 160))
                 buf = io.BytesIO()

@@ -2,7 +2,8 @@
 
 Each command parses its options, calls one function and prints: ``demo`` → ``run_demo``, ``run`` →
 ``run_experiment``, ``sweep`` → ``run_sweep``, ``eval`` → ``evaluate_checkpoint``, ``export`` →
-``export_checkpoint``, ``check-data`` → ``check_dataset`` (all in ``kalahash.experiments``),
+``export_checkpoint``, ``convert-checkpoint`` → ``convert_checkpoint``, ``check-data`` →
+``check_dataset`` (all in ``kalahash.experiments``),
 ``pretrain-tiny`` → ``kalahash.pretrain.pretrain_tiny``, ``reproduce`` → ``kalahash.reproduce.reproduce``;
 ``encode`` → ``encode_folder``, ``index`` → ``build_index``, ``search`` → ``search`` (in ``kalahash.search``).
 

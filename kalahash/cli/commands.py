@@ -1,10 +1,13 @@
 """The commands of runs and notebooks: ``run``, ``sweep``, ``eval``, ``demo``, ``check-data``,
-``pretrain-tiny``, ``export`` and ``reproduce``; each calls its Python twin and prints."""
+``pretrain-tiny``, ``export``, ``convert-checkpoint`` and ``reproduce``; each calls its Python twin and
+prints."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from dataclasses import replace
 
 from .options import base_config, cache_folder, list_options, print_table, run_kwargs, warn_flags
@@ -133,6 +136,38 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"wrote {exported.path}: the {exported.method} run's CLIP weights, adapters folded in (open_clip "
         f"layout: use it as --pretrained {exported.path} with the run's --backbone), and its hash head "
         "(kalahash.experiments.load_exported gives the run's codes)"
+    )
+    return 0
+
+
+def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
+    from ..experiments import UntrustedCheckpointError, convert_checkpoint
+
+    try:
+        done = convert_checkpoint(args.checkpoint, trust=args.trust, output=args.output, force=args.force)
+    except UntrustedCheckpointError as err:
+        imports = f" (it would import {', '.join(err.imports)})" if err.imports else ""
+        print(
+            f"error: {args.checkpoint} is not in the safe format{imports}. Converting it unpickles it in full, "
+            "which runs any code the file holds: if you trust where it comes from, run "
+            f"`kalahash convert-checkpoint --trust {shlex.quote(args.checkpoint)}`",
+            file=sys.stderr,
+        )
+        return 2
+    except FileExistsError:
+        print(
+            f"error: {args.output} exists: pass --force to replace it, or another --output", file=sys.stderr
+        )
+        return 2
+    if not done.converted:
+        print(
+            f"{done.path} already loads with the safe (weights-only) reader: nothing to convert, nothing written"
+        )
+        return 0
+    imported = f" (it imported {', '.join(done.imports)})" if done.imports else ""
+    print(
+        f"unpickled {args.checkpoint} in full{imported}, stored its values as plain types and wrote "
+        f"{done.path}: it now loads with the safe (weights-only) reader"
     )
     return 0
 

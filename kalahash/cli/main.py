@@ -91,6 +91,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_export)
 
     p = sub.add_parser(
+        "convert-checkpoint",
+        help="rewrite a checkpoint of an older kalahash that the safe reader refuses: unpickles it in full, "
+        "which runs any code it holds, so only with --trust, for a file you trust",
+        description="kalahash reads checkpoints with torch's weights-only unpickler, which runs nothing a file "
+        "holds. A checkpoint of an older kalahash may hold objects that reader refuses; this command loads it "
+        "with torch.load(weights_only=False) (which runs whatever code the file holds, so only with --trust), "
+        "stores its values as plain types and writes it back (atomically) in the safe format. A file the safe "
+        "reader accepts already is left as it is.",
+    )
+    p.add_argument("checkpoint", help="the checkpoint file to convert")
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="you trust this file (you wrote it, or someone you trust did): unpickle it in full",
+    )
+    p.add_argument(
+        "--output", default=None, help="write the converted checkpoint here (default: replace CHECKPOINT)"
+    )
+    p.add_argument("--force", action="store_true", help="replace --output if it exists")
+    p.set_defaults(func=commands.cmd_convert_checkpoint)
+
+    p = sub.add_parser(
         "reproduce",
         help="run the notebooks in order through papermill into runs/<timestamp>/ (continues the latest "
         "unfinished call; finished notebooks and runs are reused)",

@@ -62,7 +62,7 @@ from .registry import (
     register_world,
     resolve_dataset_name,
 )
-from .types import SPLITS, ImageList, RetrievalData, Transform
+from .types import IMAGE_FORMATS, SPLITS, ImageList, RetrievalData, Transform, open_image
 
 __all__ = [
     "CIFAR10_ARCHIVE",
@@ -71,6 +71,7 @@ __all__ = [
     "CIFAR10_URL",
     "DATASETS",
     "IMAGE_EXTENSIONS",
+    "IMAGE_FORMATS",
     "LIST_NAMES",
     "RULE_GREEDY",
     "RULE_PROTOCOL",
@@ -100,6 +101,7 @@ __all__ = [
     "load_listfile",
     "load_nuswide",
     "load_split",
+    "open_image",
     "read_classnames",
     "read_list_file",
     "register_dataset",

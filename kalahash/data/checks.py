@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from ._util import examples
-from .types import SPLITS, RetrievalData
+from .types import IMAGE_FORMATS, SPLITS, RetrievalData, open_image
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,13 +110,13 @@ def _check_file(path: str, full_decode: bool) -> tuple[str | None, str | None]:
         return None, f"unreadable ({e.strerror or e})"
     digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
     try:
-        with Image.open(io.BytesIO(raw)) as img:
+        with open_image(io.BytesIO(raw)) as img:
             if full_decode:
                 img.load()
             else:
                 img.verify()
     except UnidentifiedImageError:  # its own text shows the in-memory stream, not the file
-        return digest, "not a readable image (UnidentifiedImageError: not a format PIL knows)"
+        return digest, f"not a readable image (UnidentifiedImageError: not one of {', '.join(IMAGE_FORMATS)})"
     except Exception as e:
         return digest, f"not a readable image ({type(e).__name__}: {e})"
     return digest, None

@@ -15,6 +15,15 @@ from torch.utils.data import Dataset
 
 Transform = Callable[[Image.Image], torch.Tensor]
 SPLITS = ("query", "train", "database")
+# The formats an image file may be read as (those of ``IMAGE_EXTENSIONS``), whatever its name: Pillow
+# would open others too, EPS among them, which it renders by running Ghostscript on the file.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+
+
+def open_image(fp: str | Path | Any) -> Image.Image:
+    """``PIL.Image.open`` limited to :data:`IMAGE_FORMATS`: a file of any other format raises
+    ``UnidentifiedImageError``, so no file an image folder holds starts another program."""
+    return Image.open(fp, formats=IMAGE_FORMATS)
 
 
 class ImageList(Dataset):
@@ -72,7 +81,7 @@ class ImageList(Dataset):
             return Image.fromarray(self.images[index])
         path = self.images[index]
         try:
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 return img.convert("RGB")
         except FileNotFoundError as e:
             raise FileNotFoundError(

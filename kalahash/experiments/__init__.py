@@ -9,7 +9,9 @@ What lives here (import the names from ``kalahash.experiments``; the modules are
 - ``runner``: :func:`run_experiment`, :func:`expand_grid`, :func:`run_sweep`, :func:`summarize`,
   :func:`run_demo`, and :func:`checked_data` (a data set's remembered integrity check);
 - ``checkpoint_ops``: the Python twins of ``kalahash eval``, ``export`` and ``check-data``
-  (:func:`evaluate_checkpoint`, :func:`export_checkpoint`, :func:`check_dataset`);
+  (:func:`evaluate_checkpoint`, :func:`export_checkpoint`, :func:`check_dataset`); from
+  ``kalahash.checkpoints``, :func:`convert_checkpoint` (``kalahash convert-checkpoint``) and
+  :func:`load_exported`;
 - ``notebook``: the notebooks' ``PROFILES``, :func:`notebook_settings`, :func:`list_setting` (papermill's
   list parameters) and :func:`project_paths`.
 
@@ -18,7 +20,13 @@ Layer 7 (tests/test_layout.py): these modules import each other and the layers b
 ``presets``, ``machine``, ``fileio``); never ``studies``, ``views``, ``efficiency``, ``reproduce`` or ``cli``.
 """
 
-from ..checkpoints import load_exported
+from ..checkpoints import (
+    ConvertedCheckpoint,
+    UnsafeCheckpointError,
+    UntrustedCheckpointError,
+    convert_checkpoint,
+    load_exported,
+)
 from ..machine import provenance
 from ..results_table import DEFAULT_RESULTS, DamagedRowWarning
 from .checkpoint_ops import (
@@ -50,15 +58,19 @@ __all__ = [
     "METHODS",
     "PROFILES",
     "WORLDS",
+    "ConvertedCheckpoint",
     "DamagedRowWarning",
     "ExperimentConfig",
     "ExportedModel",
     "StaleRowWarning",
     "UnnamedDatasetError",
+    "UnsafeCheckpointError",
+    "UntrustedCheckpointError",
     "append_result",
     "check_dataset",
     "checked_data",
     "config_hash",
+    "convert_checkpoint",
     "evaluate_checkpoint",
     "expand_grid",
     "export_checkpoint",
