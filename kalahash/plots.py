@@ -187,6 +187,24 @@ def _bars(
     ax.set_ylim(0, top * (1.3 if many else 1.18))
 
 
+def _split_reference(summary: pd.DataFrame, label: str, value: str) -> tuple[pd.DataFrame, float | None]:
+    """The summary without the zero-shot codes' lines, and their level (None when absent): figures draw
+    the zero-shot codes as a dashed reference line, not as one more arm."""
+    from .hashing import METHOD_LABELS
+
+    names = summary[label].map(_label)
+    zero = names == METHOD_LABELS["zeroshot"]
+    level = float(summary.loc[zero, value].mean()) if zero.any() else None
+    return summary[~zero], level
+
+
+def _reference(ax: plt.Axes, level: float | None) -> None:
+    if level is not None:
+        ax.axhline(level, color="grey", ls="--", lw=1, label=f"zero-shot codes ({level:.3f})")
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, max(high, level * 1.1))
+
+
 def _flag_note(fig: plt.Figure, summary: pd.DataFrame) -> None:
     if _flagged(summary).any():
         fig.text(
@@ -194,11 +212,17 @@ def _flag_note(fig: plt.Figure, summary: pd.DataFrame) -> None:
         )
 
 
-def bar_by_method(summary: pd.DataFrame, title: str, value: str = "mean", error: str = "std") -> plt.Figure:
+def bar_by_method(
+    summary: pd.DataFrame, title: str, value: str = "mean", error: str = "std", label: str = "method"
+) -> plt.Figure:
     """mAP per method (a bar each, error bars over seeds where there are several), as the demo and
-    notebook 01 show it."""
+    notebook 01 show it; ``label`` is the column naming the bars."""
+    summary, level = _split_reference(summary, label, value)
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    _bars(ax, summary, "method", value, error)
+    _bars(ax, summary, label, value, error)
+    _reference(ax, level)
+    if level is not None:
+        ax.legend(fontsize=7, loc="upper right")
     ax.set_ylabel("mAP")
     ax.set_title(title, fontsize=10)
     _flag_note(fig, summary)
@@ -212,10 +236,10 @@ def shot_scaling(
     value: str = "mean",
     error: str = "std",
     series: str = "method",
-    reference: float | None = None,
 ) -> plt.Figure:
     """mAP against shots per class (log scale), one line per ``series`` (method), error bars over seeds,
-    ⚑ at points with a flagged run; ``reference`` draws the zero-shot codes' level as a dashed line."""
+    ⚑ at points with a flagged run; the zero-shot codes, where the summary has them, as a dashed line."""
+    summary, reference = _split_reference(summary, series, value)
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
     flagged = _flagged(summary)
     for method, group in summary.groupby(series, sort=False):
@@ -233,8 +257,7 @@ def shot_scaling(
                     fontsize=8,
                     color=line[0].get_color(),
                 )
-    if reference is not None:
-        ax.axhline(reference, color="grey", ls="--", lw=1, label="zero-shot codes")
+    _reference(ax, reference)
     ax.set_xscale("log", base=2)
     shots = sorted(summary["shots"].unique())
     ax.set_xticks(shots, [str(s) for s in shots])
@@ -326,10 +349,9 @@ def backbone_scaling(
     value: str = "mean",
     error: str = "std",
     params: Mapping[str, int] | None = None,
-    reference: float | None = None,
 ) -> plt.Figure:
-    """mAP against the backbone's parameter count (log scale), one line per method, each backbone named,
-    ⚑ at points with a flagged run; ``reference`` draws the zero-shot codes' level.
+    """mAP against the backbone's parameter count (log scale), one line per method (the zero-shot codes
+    dashed: each backbone has its own), each backbone named, ⚑ at points with a flagged run.
 
     ``summary`` has one row per (backbone, method) with ``value`` and ``error`` (e.g.
     ``summarize(rows, by=("backbone", "method"))``). Parameter counts come from a ``params`` column,
@@ -346,8 +368,15 @@ def backbone_scaling(
     table = summary.assign(params=summary["backbone"].map(counts)).sort_values("params")
     fig, ax = plt.subplots(figsize=(5.6, 3.7))
     for method, group in table.groupby("method", sort=False):
+        dashed = {"ls": "--", "color": "grey"} if _label(method) == _label("zeroshot") else {}
         line = ax.errorbar(
-            group["params"], group[value], yerr=group[error], marker="o", capsize=3, label=_label(method)
+            group["params"],
+            group[value],
+            yerr=group[error],
+            marker="o",
+            capsize=3,
+            label=_label(method),
+            **dashed,
         )
         for x, y, f in zip(group["params"], group[value], _flagged(group), strict=True):
             if f:
@@ -359,8 +388,6 @@ def backbone_scaling(
                     fontsize=8,
                     color=line[0].get_color(),
                 )
-    if reference is not None:
-        ax.axhline(reference, color="grey", ls="--", lw=1, label="zero-shot codes")
     for backbone, group in table.groupby("backbone", sort=False):
         top = group[value] + group[error].fillna(0)
         ax.annotate(
@@ -392,17 +419,19 @@ def _mean_std(rows: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
 
 
 def map_silhouette_bars(
-    maps: pd.DataFrame, silhouettes: pd.DataFrame, title: str = "", value: str = "map"
+    maps: pd.DataFrame, silhouettes: pd.DataFrame, title: str = "", value: str = "map", label: str = "method"
 ) -> plt.Figure:
     """mAP per method (left) and silhouette of features and codes per method (right), mean ± std over
     seeds (no error bar from one seed).
 
-    ``maps`` has one row per method and seed with ``value``; ``silhouettes`` one row per method, space
-    and seed with ``silhouette`` (as :func:`kalahash.embeddings.silhouette_scores` gives, plus a seed
+    ``maps`` has one row per method (its ``label`` column) and seed with ``value``; ``silhouettes`` one
+    row per method, space and seed with ``silhouette`` (as :func:`kalahash.embeddings.silhouette_scores` gives, plus a seed
     column). Rows of the same method and space are averaged, so seeds need no column of their own.
     """
-    _require_columns(maps, "maps", ("method", value))
+    _require_columns(maps, "maps", (label, value))
     _require_columns(silhouettes, "silhouettes", ("method", "space", "silhouette"))
+    maps = maps.assign(method=maps[label].map(_label))
+    silhouettes = silhouettes.assign(method=silhouettes["method"].map(_label))
     methods = list(dict.fromkeys([*maps["method"], *silhouettes["method"]]))
     mean_map = _mean_std(maps, ["method"], value).set_index("method").reindex(methods)
     sil = _mean_std(silhouettes, ["method", "space"], "silhouette")
@@ -502,8 +531,10 @@ def bar_panels(
 ) -> plt.Figure:
     """One small bar chart per value of ``panel`` (an ablation, a loss), in a grid of ``ncols`` columns
     that fits a page; a bar per ``label``, error bars over seeds (none from one seed), ⚑ over a group
-    with a flagged run and "diverged" for an arm with no mAP. ``titles`` names the panels in words;
-    ``sharey`` puts panels that compare the same quantity on one scale."""
+    with a flagged run and "diverged" for an arm with no mAP; the zero-shot codes as a dashed line on
+    every panel. ``titles`` names the panels in words; ``sharey`` puts panels that compare the same
+    quantity on one scale."""
+    summary, level = _split_reference(summary, label, value)
     panels = list(dict.fromkeys(summary[panel]))
     cols = min(ncols, len(panels))
     rows = math.ceil(len(panels) / cols)
@@ -518,11 +549,82 @@ def bar_panels(
     if sharey:
         tops = summary[value] + (summary[error].fillna(0) if error else 0)
         axes.flat[0].set_ylim(0, float(tops.max()) * 1.25)
+    for ax in list(axes.flat)[: len(panels)]:
+        _reference(ax, level)
+    if level is not None:
+        axes.flat[0].legend(fontsize=7, loc="upper right")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
     fig.suptitle(title, fontsize=10)
     _flag_note(fig, summary)
+    fig.tight_layout()
+    return fig
+
+
+def knowledge_use(
+    differences: pd.DataFrame, anchors: pd.DataFrame, num_classes: int, title: str = ""
+) -> plt.Figure:
+    """Is the knowledge used? Left: KALAHash minus LB and minus its K controls against shots, paired by
+    seed, with their seed spreads (:func:`kalahash.verdicts.knowledge_differences`); right: the distinct
+    sign(W) anchors at the end of training, mean over seeds per arm (``anchors``: shots, variant,
+    anchors), against the number of classes."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for comparison, group in differences.groupby("comparison", sort=False):
+        group = group.sort_values("shots")
+        left.errorbar(
+            group["shots"], group["mean"], yerr=group["spread"], marker="o", capsize=3, label=comparison
+        )
+    left.axhline(0, color="grey", lw=0.8)
+    left.set_ylabel("mAP difference, paired by seed")
+    left.set_title("KALAHash minus ... (0: no difference)", fontsize=9)
+    for arm, group in anchors.dropna(subset=["anchors"]).groupby("variant", sort=False):
+        group = group.sort_values("shots")
+        right.plot(group["shots"], group["anchors"], marker="o", label=arm)
+    right.axhline(num_classes, color="grey", ls="--", lw=0.8, label="classes")
+    right.set_ylim(0, num_classes + 1)
+    right.set_ylabel("distinct sign(W) anchors (mean)")
+    right.set_title("knowledge anchors at the end of training", fontsize=9)
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        shots = sorted(differences["shots"].unique())
+        ax.set_xticks(shots, [str(x) for x in shots])
+        ax.set_xlabel("shots per class")
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# The efficiency figure's panels: (column, title with its unit, log scale)
+_COST_PANELS = (
+    ("trainable_params", "trainable parameters (log scale)", True),
+    ("train_seconds_per_epoch", "training, seconds per epoch", False),
+    ("encode_images_per_second", "encoding, images per second", False),
+    ("peak_memory_mib", "peak tensor memory while training (MiB)", False),
+)
+
+
+def efficiency_panels(costs: pd.DataFrame, title: str) -> plt.Figure:
+    """What each method costs (:func:`kalahash.efficiency.measure_efficiency`), one panel per measure,
+    titled in words with its unit; parameters on a log axis, which spans their orders of magnitude."""
+    fig, axes = plt.subplots(1, len(_COST_PANELS), figsize=(3.2 * len(_COST_PANELS), 3.4))
+    names = [_label(m) for m in costs["method"]]
+    for ax, (column, name, log) in zip(axes, _COST_PANELS, strict=True):
+        values = costs[column].astype(float)
+        ax.bar(range(len(costs)), values, color="#4C72B0")
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:,.0f}" if v >= 100 else f"{v:.3g}", ha="center", va="bottom", fontsize=7)
+        if log:
+            ax.set_yscale("log")
+            ax.set_ylim(values.min() / 3, values.max() * 10)
+        else:
+            ax.set_ylim(0, values.max() * 1.18)
+        ax.set_xticks(range(len(costs)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

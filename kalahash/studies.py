@@ -52,6 +52,7 @@ ABLATION_TITLES = {
 # What each study runs in each profile, on top of the profile itself (kalahash.experiments.PROFILES).
 # The smoke sizes keep CI in its budget on 2 cores; study_settings()["reduced"] says what they leave out.
 STUDY_SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "quickstart": {"smoke": {"shots": [1], "bits": [16]}, "paper": {"shots": [1], "bits": [16]}},
     "main": {
         "smoke": {"bits": [16, 32, 64], "shots": [1, 4]},
         "paper": {"bits": list(MAIN_BITS), "datasets": list(MAIN_DATASETS)},
@@ -91,6 +92,7 @@ STUDY_SIZES: dict[str, dict[str, dict[str, Any]]] = {
 }
 # The settings each study's size is told in, to compare with the paper's.
 _STUDY_KEYS = {
+    "quickstart": ("shots", "seeds", "epochs"),
     "main": ("datasets", "bits", "shots", "seeds", "epochs"),
     "shots": ("scaling_shots", "mdsh_fft_shots", "seeds", "epochs"),
     "ablations": ("shots", "seeds", "knowledge_shots", "knowledge_seeds", "epochs"),
@@ -225,7 +227,8 @@ def _ours(settings: Mapping[str, Any], bits: Sequence[int]) -> list[str]:
     out = []
     if any(d in WORLDS for d in datasets):
         out.append(
-            f"the data set ({', '.join(datasets)}) is our offline world and {backbones} CLIPs of ours: "
+            f"the data set ({', '.join(datasets)}) is our offline world and {backbones} "
+            f"{'CLIPs' if ',' in backbones else 'a CLIP'} of ours: "
             "its numbers show the methods at work there and are not comparable with the paper's"
         )
     elif settings["backbone"] != "ViT-B-32" or settings.get("pretrained") != PAPER_WEIGHTS:
@@ -256,21 +259,25 @@ def describe_run(settings: Mapping[str, Any], study: str, bits: int | Sequence[i
     shown += [
         f"{key.replace('_', ' ')} {_text(_named(key, settings[key]))}" for key in keys if key in settings
     ]
-    shown.append(f"{settings['epochs']} epochs")
+    if study != "efficiency":  # it times a few epochs, whatever a run's length
+        shown.append(f"{settings['epochs']} epochs")
     lines = ["Runs here: " + "; ".join(shown) + "."]
     reduced = settings.get("reduced", "").removeprefix("not the paper's setting: ")
     lines.append(f"Smaller than the paper profile: {reduced}." if reduced else "The paper profile's grid.")
-    lines.append("Ours, not the paper's: " + "; ".join(_ours(settings, bits)) + ".")
+    seeded = settings if study != "efficiency" else {**settings, "seeds": []}  # it times one seed's runs
+    lines.append("Ours, not the paper's: " + "; ".join(_ours(seeded, bits)) + ".")
     return "\n".join(lines)
 
 
 # Settings a study's description names besides those it compares with the paper profile.
 _SHOWN_TOO = {
+    "quickstart": ("methods",),
     "main": ("methods",),
     "shots": ("methods",),
     "ablations": ("ablations",),
     "plug_and_play": ("losses",),
     "embeddings": ("max_points",),
+    "efficiency": ("methods", "train_shots", "rounds"),
 }
 
 
@@ -445,7 +452,8 @@ def knowledge_grid(settings: Mapping[str, Any], bits: int = 16) -> list[Arm]:
 
 
 def plug_and_play_grid(settings: Mapping[str, Any], bits: int = 16) -> list[Arm]:
-    """Each hashing loss alone (on LB and on FFT), with CLoRA, and with CLoRA + KIDDO."""
+    """Each hashing loss alone (on LB and on FFT), with CLoRA, and with CLoRA + KIDDO; the zero-shot
+    codes as a reference."""
     variants = (("on LB", "lb"), ("on FFT", "fft"), ("+CLoRA", "clora"), ("+CLoRA +KIDDO", "kalahash"))
     arms = []
     for shots in settings["shots"]:
@@ -453,6 +461,7 @@ def plug_and_play_grid(settings: Mapping[str, Any], bits: int = 16) -> list[Arm]
         for loss in settings["losses"]:
             for label, method in variants:
                 arms += _arms("plug_and_play", label, base, settings["seeds"], method=method, loss=loss)
+        arms += _zero_shot("plug_and_play", base, settings["seeds"])
     return arms
 
 
@@ -571,8 +580,10 @@ def tie_table(rows: pd.DataFrame, by: Sequence[str] = ("variant",)) -> pd.DataFr
 
 
 def main_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """The main table, tidy: one line per data set × bits × shots × method, both tie rules."""
-    return tie_table(rows, by=("dataset", "bits", "shots", "method"))
+    """The main table, tidy: one line per data set × bits × shots × method (the arms' labels: LB, ...,
+    zero-shot codes), both tie rules."""
+    named = rows.assign(method=rows["variant"]) if "variant" in rows else rows
+    return tie_table(named, by=("dataset", "bits", "shots", "method"))
 
 
 def main_table_wide(table: pd.DataFrame, ties: str = "index") -> pd.DataFrame:
@@ -583,9 +594,23 @@ def main_table_wide(table: pd.DataFrame, ties: str = "index") -> pd.DataFrame:
 
 
 def plug_and_play_table(rows: pd.DataFrame, ties: str = "index") -> pd.DataFrame:
-    """A line per shots × loss, a column per variant: "mean ± std" mAP under tie rule ``ties``."""
-    table = tie_table(rows, by=("shots", "loss", "variant"))
+    """A line per shots × loss, a column per variant: "mean ± std" mAP under tie rule ``ties`` (the
+    zero-shot reference, which has no loss, left out)."""
+    table = tie_table(rows[rows["method"] != "zeroshot"], by=("shots", "loss", "variant"))
     return _wide(table, ["shots", "loss"], table["variant"], _tie_column(ties))
+
+
+def knowledge_table(rows: pd.DataFrame, ties: str = "index") -> pd.DataFrame:
+    """The knowledge study in one table (the README quotes it): a line per shot count, a column per arm
+    ("mean ± std (n)" under tie rule ``ties``, ⚑ where a run raised a flag), and the mean distinct sign(W)
+    anchors of KALAHash and its controls."""
+    table = tie_table(rows, by=("shots", "variant"))
+    wide = _wide(table, ["shots"], table["variant"], _tie_column(ties))
+    kiddo = rows[rows["method"] == "kalahash"]
+    anchors = kiddo.groupby(["shots", "variant"], sort=False)["anchors_distinct"].mean().unstack("variant")
+    for arm in _first_seen(kiddo["variant"]):
+        wide[f"anchors, {arm}"] = wide["shots"].map(anchors[arm]).round(1).to_numpy()
+    return wide
 
 
 def _tie_column(ties: str) -> str:
@@ -612,7 +637,8 @@ def backbone_table(rows: pd.DataFrame) -> pd.DataFrame:
     the whole CLIP model as open_clip counts it), as :func:`kalahash.plots.backbone_scaling` plots it."""
     from .backbones import parameter_count
 
-    table = tie_table(rows, by=("backbone", "shots", "method"))
+    named = rows.assign(method=rows["variant"]) if "variant" in rows else rows
+    table = tie_table(named, by=("backbone", "shots", "method"))
     counts = {b: parameter_count(b) for b in table["backbone"].unique()}
     table.insert(1, "params", table["backbone"].map(counts))
     return table

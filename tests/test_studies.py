@@ -160,7 +160,9 @@ def test_knowledge_grid_runs_the_controls_across_shots_with_lb_lora_and_zeroshot
 def test_plug_and_play_grid_puts_each_loss_on_each_variant():
     settings = study_settings("plug_and_play", seeds=[0])
     arms = plug_and_play_grid(settings)
-    assert len(arms) == len(PLUG_LOSSES) * 4
+    assert len(arms) == len(PLUG_LOSSES) * 4 + 1  # and the zero-shot codes as a reference
+    assert arms[-1].config.method == "zeroshot" and arms[-1].label == "zero-shot codes"
+    arms = arms[:-1]
     seen = {(a.config.loss, a.label): a.config.method for a in arms}
     assert {m for (loss, _), m in seen.items() if loss == "csq"} == {"lb", "fft", "clora", "kalahash"}
     plain = _plain(settings, shots=1, bits=16, method="kalahash", seed=0)

@@ -12,6 +12,7 @@ from kalahash.verdicts import (
     SUPPORTS,
     arm_names,
     claim_verdict,
+    knowledge_differences,
     paired_differences,
     reading,
     what_this_shows,
@@ -108,3 +109,37 @@ def test_the_verdict_reads_the_rows_with_reference_flags_and_claims():
     assert text._repr_markdown_() == str(text)
     clean = what_this_shows(rows.assign(flags=""), {"profile": "paper"})
     assert "no run raised a flag" in clean and "the paper's setting" in clean and "claims" not in clean
+
+
+def test_knowledge_differences_compare_kalahash_with_lb_and_its_controls():
+    rows = _rows({"lb": [0.2, 0.3], "kalahash": [0.25, 0.36]})
+    controls = _rows({"kalahash": [0.24, 0.37]}).assign(knowledge="permuted")
+    table = knowledge_differences(pd.concat([rows, controls]))
+    assert list(table["comparison"]) == ["KALAHash − LB", "KALAHash − permuted K"]  # no random K run: no line
+    assert table["mean"].tolist() == pytest.approx([0.055, 0.0])
+
+
+def test_the_backbone_claim_reads_the_gain_against_the_backbones_sizes():
+    small = _rows({"lb": [0.20, 0.30], "kalahash": [0.20, 0.30]}, backbone="tiny")
+    large = _rows({"lb": [0.20, 0.30], "kalahash": [0.30, 0.41]}, backbone="tiny-shapes")
+    verdict, why = claim_verdict("backbones", pd.concat([large.drop(columns=[]), small]))
+    assert verdict == SUPPORTS and why.index("tiny ") < why.index("tiny-shapes")  # ordered by size
+    assert (
+        claim_verdict(
+            "backbones", pd.concat([small.assign(backbone="tiny-shapes"), large.assign(backbone="tiny")])
+        )[0]
+        == CONTRADICTS
+    )
+
+
+def test_a_cost_table_reads_its_ratios_against_their_spread():
+    costs = pd.DataFrame({"method": ["lb", "clora"], "device": "cpu (x86_64, 1 threads)", "rounds": 5,
+                          "train_ratio_vs_frozen": [1.0, 3.0], "train_ratio_vs_frozen_spread": [0.0, 0.2],
+                          "train_ratio_vs_frozen_reading": ["within noise", "slower"],
+                          "encode_overhead_vs_frozen": [1.0, 1.05], "encode_overhead_vs_frozen_spread": [0.0, 0.1],
+                          "encode_overhead_vs_frozen_reading": ["within noise", "within noise"],
+                          "encode_overhead_vs_lora": [math.nan] * 2, "encode_overhead_vs_lora_spread": [math.nan] * 2,
+                          "encode_overhead_vs_lora_reading": ["not measured"] * 2})  # fmt: skip
+    text = what_this_shows(costs, {"dataset": "objects10", "backbone": "tiny-objects-m"}, ["efficiency"])
+    assert "| CLoRA | 3.00 ± 0.20, slower | 1.05 ± 0.10, within noise | — |" in text
+    assert "**supports it** (CLoRA encodes at 1.05× ± 0.10 the frozen tower's time" in text

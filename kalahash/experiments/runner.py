@@ -138,6 +138,7 @@ def run_experiment(
         **cfg.to_row(),
         "hparams_used": json.dumps(hparams, sort_keys=True),
         "hparams_source": hparams_source,
+        "classes": len(data.classnames),
         "train_images": len(train_set),
         "shot_shortfall": train_set.shortfall_text,
         "train_batch_size": train_config.batch_size,
