@@ -37,6 +37,8 @@ LAYERS = {
     "world": 2,
     "objects10": 3,
     "backbones": 2,
+    # feeding images to the device (workers, pinned memory, device-side preprocessing): data only
+    "loader": 2,
     "lora": 3,
     "hashing": 4,
     "cache": 5,

@@ -1,0 +1,110 @@
+"""The loader (kalahash.loader): device-side preprocessing against the PIL path, worker defaults, batches
+that never span two lists."""
+
+from __future__ import annotations
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from kalahash.data import ImageList
+from kalahash.loader import (
+    DevicePreprocess,
+    LoaderOptions,
+    available_cpus,
+    batch_plan,
+    default_workers,
+    image_batches,
+    pil_weights,
+)
+
+# Device preprocessing reproduces PIL's fixed-point resize: the tolerance is 0 (bit-identical pixels).
+PIXEL_TOLERANCE = 0.0
+
+
+def _pil(transform, images: np.ndarray) -> torch.Tensor:
+    return torch.stack([transform(Image.fromarray(image)) for image in images])
+
+
+@pytest.mark.parametrize(
+    ("size", "shape", "interpolation"),
+    [
+        (224, (32, 32), "bicubic"),  # CIFAR-10 into ViT-B/32
+        (32, (16, 16), "bicubic"),
+        (64, (31, 45), "bicubic"),  # not square: the shorter edge, then the centre crop
+        (48, (120, 90), "bicubic"),  # shrinking: PIL's filter widens (antialias)
+        (40, (32, 24), "bilinear"),
+        (32, (32, 32), "bicubic"),  # no resize at all (the tiny CLIPs on 32x32 worlds)
+    ],
+)
+def test_device_preprocess_gives_the_pil_pixels(size, shape, interpolation):
+    transform = open_clip.image_transform(size, is_train=False)
+    if interpolation == "bilinear":
+        transform.transforms[0] = T.Resize(size, interpolation=T.InterpolationMode.BILINEAR)
+    images = np.random.default_rng(size).integers(0, 256, (5, *shape, 3), dtype=np.uint8)
+    on_device = DevicePreprocess.from_transform(transform)
+    got = on_device(torch.from_numpy(images))
+    expected = _pil(transform, images)
+    assert got.shape == expected.shape == (5, 3, *on_device.output_size(*shape))
+    assert (got - expected).abs().max().item() <= PIXEL_TOLERANCE
+    assert torch.equal(got, expected)
+
+
+def test_pil_weights_are_fixed_point_rows_that_sum_to_one():
+    weights = pil_weights(32, 224, "bicubic")
+    assert weights.shape == (224, 32) and np.array_equal(weights, np.round(weights))
+    # each row sums to 2^22 up to the rounding of its (at most 4) weights
+    assert np.abs(weights.sum(axis=1) - 2**22).max() <= 4
+
+
+def test_device_preprocess_refuses_what_it_cannot_reproduce(tmp_path):
+    augmenting = T.Compose([T.RandomResizedCrop(32), T.ToTensor()])
+    with pytest.raises(ValueError, match=r"RandomResizedCrop.*device_preprocess=False"):
+        DevicePreprocess.from_transform(augmenting)
+    with pytest.raises(ValueError, match="uint8"):
+        DevicePreprocess.from_transform(open_clip.image_transform(32, is_train=False))(
+            torch.zeros(1, 8, 8, 3)
+        )
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    files = ImageList([path], np.ones((1, 1), np.uint8))
+    preprocess = open_clip.image_transform(32, is_train=False)
+    options = LoaderOptions(device_preprocess=True)
+    with pytest.raises(ValueError, match="held in memory"):
+        list(image_batches([files], preprocess, "cpu", options=options))
+    small, large = (ImageList(np.zeros((2, s, s, 3), np.uint8), np.ones((2, 1), np.uint8)) for s in (8, 16))
+    with pytest.raises(ValueError, match="one size"):
+        list(image_batches([small, large], preprocess, "cpu", options=options))
+
+
+def test_worker_defaults_and_validation():
+    assert default_workers("cpu") == 0  # the main process is the compute on the CPU
+    assert default_workers("cuda") == max(0, min(8, available_cpus() - 1))
+    assert LoaderOptions().workers_for("cpu") == 0 and LoaderOptions(workers=3).workers_for("cpu") == 3
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="workers must be"):
+            LoaderOptions(workers=bad)
+    with pytest.raises(ValueError, match="device_preprocess must be"):
+        LoaderOptions(device_preprocess="yes")
+
+
+def test_batches_never_span_two_lists():
+    assert batch_plan([5, 3], 2) == [(0, 0, 2), (0, 2, 4), (0, 4, 5), (1, 0, 2), (1, 2, 3)]
+    rng = np.random.default_rng(0)
+    lists = [
+        ImageList(rng.integers(0, 256, (n, 8, 8, 3), np.uint8), np.ones((n, 1), np.uint8)) for n in (5, 3)
+    ]
+    preprocess = open_clip.image_transform(16, is_train=False)
+    expected = [(i, lo, _pil(preprocess, lists[i].images[lo:hi])) for i, lo, hi in batch_plan([5, 3], 2)]
+    for options in (
+        LoaderOptions(workers=0),
+        LoaderOptions(workers=2),
+        LoaderOptions(device_preprocess=True),
+    ):
+        got = list(image_batches(lists, preprocess, "cpu", batch_size=2, options=options))
+        assert [(i, lo) for i, lo, _ in got] == [(i, lo) for i, lo, _ in expected]
+        for (_, _, batch), (_, _, want) in zip(got, expected, strict=True):
+            assert torch.equal(batch, want)
