@@ -184,3 +184,22 @@ def test_cached_runs_with_device_preprocessing_keep_their_own_entries(tmp_path):
     device = evaluate(hasher, data, cache=cache, progress=False, loader=LoaderOptions(device_preprocess=True))
     assert cache.misses == 4 and len(list(tmp_path.glob("*.npy"))) == 4  # query and database, each path
     assert np.array_equal(pil["database_codes"], device["database_codes"])
+
+
+def test_run_takes_the_loader_options_and_records_them(tmp_path, capsys):
+    from helpers import cli_run_args
+
+    from kalahash.cli import main
+    from kalahash.experiments import read_results
+
+    assert main(cli_run_args(tmp_path / "pil")) == 0
+    assert main(cli_run_args(tmp_path / "device", "--workers", "1", "--device-preprocess")) == 0
+    pil, device = (read_results(tmp_path / name / "results.csv").iloc[-1] for name in ("pil", "device"))
+    assert (pil["workers"], pil["device_preprocess"]) == (0, False)  # the CPU default: no workers
+    assert (device["workers"], device["device_preprocess"]) == (1, True)
+    assert device["map"] == pil["map"]
+    for phase in ("load", "check", "build", "fit", "encode", "map"):
+        assert device[f"{phase}_seconds"] >= 0
+    with pytest.raises(SystemExit):
+        main(cli_run_args(tmp_path / "bad", "--workers", "-1"))
+    assert "--workers: must be 0 or more" in capsys.readouterr().err
