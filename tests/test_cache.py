@@ -1,6 +1,6 @@
 """The prefix cache's format 2: pooled features for a frozen tower, tokens at their computed precision
 (bf16 kept as bf16), keys that change with what is stored; the cache and the loader leave every result
-bit-identical on the CPU."""
+bit-identical on the CPU; the expected sizes of `kalahash cache-size`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from helpers import fresh_tiny
 
 import kalahash.cache
 from kalahash.cache import CACHE_FORMAT, PrefixCache, read_entry
+from kalahash.cache_size import PROTOCOL_IMAGES, cache_contents, entry_shapes, expected_sizes
+from kalahash.cli import main
 from kalahash.data import ImageList, RetrievalData
 from kalahash.hashing import build_hasher
 from kalahash.loader import LoaderOptions
@@ -116,3 +118,32 @@ def test_loader_and_cache_leave_the_run_bit_identical(data, tmp_path, method):
         assert np.array_equal(scores["database_codes"], first["database_codes"])
         for key, value in state.items():
             assert torch.equal(other_state[key], value), key
+
+
+def test_expected_sizes_come_from_the_backbone_shapes():
+    assert entry_shapes("ViT-B-32") == {"tokens": (50, 768), "pooled": (512,)}
+    assert entry_shapes("ViT-L-14") == {"tokens": (257, 1024), "pooled": (768,)}
+    table = expected_sizes(["ViT-B-32"], ["cifar10", "nuswide"]).set_index("dataset")
+    assert table.loc["cifar10", "images"] == 60_000 == sum(PROTOCOL_IMAGES["cifar10"].values())
+    assert table.loc["cifar10", "adapted float32"] == 60_000 * 50 * 768 * 4  # 9.2 GB
+    assert table.loc["cifar10", "adapted bfloat16"] * 2 == table.loc["cifar10", "adapted float32"]
+    assert table.loc["nuswide", "frozen float32"] == 195_834 * 512 * 4
+    with pytest.raises(ValueError, match="unknown backbone"):
+        entry_shapes("ViT-B-33")
+
+
+def test_cache_size_command_reports_expected_and_actual_sizes(data, tmp_path, capsys):
+    hasher = _hasher("kalahash")
+    cache = PrefixCache(tmp_path / "cache")
+    cache.tokens(hasher, data.query, hasher.trainable_from, progress=False)
+    cache.tokens(hasher, data.query, hasher.num_blocks, progress=False)
+    entries = cache_contents(tmp_path / "cache").set_index("stored")
+    assert entries.loc["tokens", "images"] == 12 and entries.loc["tokens", "per image"] == "17 x 64"
+    assert entries.loc["pooled", "per image"] == "64" and entries.loc["pooled", "dtype"] == "float32"
+    expected_bytes = 12 * 17 * 64 * 4
+    assert expected_bytes < entries.loc["tokens", "bytes"] <= expected_bytes + 128  # the npy header
+    assert main(["cache-size", "--cache", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "ViT-B-32" in out and "9.2 GB" in out and "4.6 GB" in out and "2 entries" in out
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        cache_contents(tmp_path / "missing")

@@ -45,6 +45,8 @@ LAYERS = {
     "checkpoints": 5,
     "plots": 5,
     "train": 6,
+    # expected and actual sizes of the prefix cache, from backbone shapes on the meta device
+    "cache_size": 6,
     # features, codes, silhouettes and UMAP views of trained hashers, for the figures
     "embeddings": 6,
     # runs, sweeps and the notebooks' settings: a package whose modules import each other

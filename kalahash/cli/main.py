@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import commands
+from .cache_size import add_cache_size_command
 from .options import add_list_args, add_loader_args, add_results_args, add_scoring_args, add_setting_args
 from .search import add_search_commands
 
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_reproduce)
 
     add_search_commands(sub)
+    add_cache_size_command(sub)
     return parser
 
 
