@@ -309,7 +309,6 @@ def image_batches(
             batch_sampler=sampler,
             num_workers=workers,
             pin_memory=cuda,
-            prefetch_factor=4 if workers else None,
         )
         for (i, lo, hi), batch in zip(plan, loader, strict=True):
             yield i, lo, batch.to(device, non_blocking=cuda)
