@@ -8,7 +8,8 @@
 (c) the full protocol: ``run_experiment`` on a generated CIFAR-10-layout archive (60,000 32x32 images:
     59,000 database, 1,000 queries, mAP@all), 1 shot, 16 bits, LB and KALAHash, the PIL path (default
     workers) and the device path, each with its cache cold then warm, and KALAHash without a cache;
-    each run split into its phases (load, data check, build, fit, encode, mAP).
+    each run split into its phases (load, data check, build, fit, encode, mAP); last, if the budget
+    allows, LB with main's loader (PIL in one process) as the side-by-side baseline.
 
 Targets (issue #24; on one H100/H200-class GPU): the full 1-shot run within 20 s with a cold cache and
 5 s warm (main: 99 s LB, 109 s KALAHash). The images are random with a class tint (nothing to
@@ -195,6 +196,8 @@ def protocol_runs(device: torch.device) -> list[dict[str, Any]]:
         for method in ("lb", "kalahash"):
             runs += [{"method": method, **loader, "cache": state} for state in ("cold", "warm")]
     runs.append({"method": "kalahash", **on_device, "cache": "none"})
+    # main's loader (PIL in one process), last and only if the budget allows: the side-by-side baseline
+    runs.append({"method": "lb", "path": "PIL", "workers": 0, "device_preprocess": False, "cache": "cold"})
     return runs
 
 
@@ -208,14 +211,13 @@ def section_protocol(
     )
     rows: list[dict[str, Any]] = []
     for run in protocol_runs(device):
-        label = f"{run['method']}, {run['path']}, cache {run['cache']}"
+        workers = "auto" if run["workers"] is None else run["workers"]
+        label = f"{run['method']}, {run['path']}, workers {workers}, cache {run['cache']}"
         if time.perf_counter() - began > args.budget:
             say(f"  (c) {label}: skipped, the budget of {args.budget} s is spent")
             rows.append({**run, "skipped": "budget"})
             continue
-        folder = (
-            work / f"{run['method']}-{run['path']}"
-        )  # a cold run gets fresh folders, a warm one reuses them
+        folder = work / f"{run['method']}-{run['path']}-{workers}"  # a warm run reuses its cold run's
         cache = None if run["cache"] == "none" else folder / "cache"
         cfg = ExperimentConfig(
             dataset="cifar10", data_root=str(data_root), backbone=backbone, method=run["method"],

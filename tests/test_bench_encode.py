@@ -27,7 +27,7 @@ def test_bench_encode_quick_writes_its_tables_and_json(tmp_path, monkeypatch, ca
         ("frozen", "fp32"),
         ("CLoRA", "fp32"),
     }
-    assert len(results["protocol"]) == 9 and all(row["skipped"] == "budget" for row in results["protocol"])
+    assert len(results["protocol"]) == 10 and all(row["skipped"] == "budget" for row in results["protocol"])
     printed = capsys.readouterr().out
     assert "(a) preprocessing, images/s" in printed and "(c) the full protocol, seconds" in printed
     assert not list(tmp_path.glob("bench_encode-*"))  # the archive and caches are cleaned up
