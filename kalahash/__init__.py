@@ -8,11 +8,12 @@ for each module.
    ``machine`` (device, provenance);
 1. ``metrics``, ``results_table``, ``data/`` (data sets, loaders, few-shot protocol, checks),
    ``history`` (run histories and flags), ``slip`` (SLIP models);
-2. ``world`` (the ``shapes`` worlds, registered with data), ``backbones``, ``codestore`` (codes folders);
+2. ``world`` (the ``shapes`` worlds, registered with data), ``backbones``, ``codestore`` (codes folders),
+   ``loader`` (images to the device: workers, pinned memory, preprocessing on the device);
 3. ``objects10`` (the ``objects10`` worlds, drawn with world's primitives), ``lora`` (adapters);
 4. ``hashing/`` (heads, losses, KIDDO, the hasher and its factory);
-5. ``cache`` (frozen-prefix tokens), ``checkpoints``, ``plots``;
-6. ``train``, ``embeddings``;
+5. ``cache`` (the frozen-prefix cache), ``checkpoints``, ``plots``;
+6. ``train``, ``embeddings``, ``cache_size`` (the cache's expected and actual size);
 7. ``experiments/`` (runs, sweeps, notebook settings), ``pretrain``, ``search``;
 8. ``studies``, ``efficiency``, ``reproduce``, ``views`` (what the notebooks run);
 9. ``cli`` (and the notebooks).

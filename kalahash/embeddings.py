@@ -20,6 +20,7 @@ from torch import nn
 from .cache import PrefixCache, device_autocast, feature_batches
 from .data import ImageList
 from .hashing import sign
+from .loader import LoaderOptions
 from .metrics import silhouette_100
 
 SPACES = ("features", "codes")
@@ -61,15 +62,17 @@ def embed(
     cache: PrefixCache | None = None,
     batch_size: int = 256,
     progress: bool = False,
+    loader: LoaderOptions | None = None,
 ) -> Embeddings:
-    """Features and codes of every image in one pass, in eval mode (codes as ``train.encode`` gives)."""
+    """Features and codes of every image in one pass, in eval mode (codes as ``train.encode`` gives);
+    ``loader`` sets how images reach the device."""
     if len(images) == 0:
         raise ValueError("images is empty: give at least one image to embed")
     was_training = hasher.training
     hasher.eval()
     features, codes = [], []
     try:
-        for f in feature_batches(hasher, images, cache, batch_size, progress, desc="embedding"):
+        for f in feature_batches(hasher, images, cache, batch_size, progress, "embedding", loader):
             with device_autocast(f.device):
                 u = hasher.head(f)
             features.append(f.float().cpu().numpy())

@@ -39,6 +39,7 @@ from .data import open_image
 from .fileio import atomic_write, atomic_write_text
 from .hamming import pack_words, topk
 from .hashing import sign
+from .loader import default_workers
 
 __all__ = [
     "ENGINES",
@@ -136,15 +137,17 @@ def _as_list(batch: list[Any]) -> list[Any]:
 
 @torch.no_grad()
 def _encode_files(
-    hasher: Any, paths: Sequence[Path], batch_size: int, workers: int
+    hasher: Any, paths: Sequence[Path], batch_size: int, workers: int | None
 ) -> tuple[np.ndarray, list[str]]:
-    """Packed codes (zeros where a file failed) and a reason per file ('' when encoded)."""
+    """Packed codes (zeros where a file failed) and a reason per file ('' when encoded); ``workers``
+    None is :func:`kalahash.loader.default_workers`."""
     codes = np.zeros((len(paths), -(-hasher.bits // 8)), dtype=np.uint8)
     errors = [""] * len(paths)
     device = hasher.backbone.device
     loader = DataLoader(
-        _ImageFiles(paths, hasher.backbone.preprocess), batch_size=batch_size, num_workers=workers,
-        collate_fn=_as_list,
+        _ImageFiles(paths, hasher.backbone.preprocess), batch_size=batch_size,
+        num_workers=default_workers(device) if workers is None else workers,
+        collate_fn=_as_list, pin_memory=device.type == "cuda",
     )  # fmt: skip
     start = 0
     for batch in loader:
@@ -226,7 +229,7 @@ def encode_folder(
     *,
     batch_size: int = 64,
     chunk_size: int = 1024,
-    workers: int = 0,
+    workers: int | None = None,
     pretrained: str | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -239,7 +242,9 @@ def encode_folder(
     again: a second call after new images arrive encodes only those, and an interrupted call resumes
     from its last complete chunk of ``chunk_size`` images. Images gone from the folder leave the codes.
     Under an initialised ``torch.distributed`` group every rank must call this; each encodes its share
-    of each chunk and rank 0 writes (the result is the same as one process's).
+    of each chunk and rank 0 writes (the result is the same as one process's). ``workers``: image
+    decoding processes (None: :func:`kalahash.loader.default_workers`, the spare cores on CUDA, none on
+    the CPU).
     """
     for name, value in {"batch_size": batch_size, "chunk_size": chunk_size}.items():
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

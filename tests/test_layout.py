@@ -37,12 +37,16 @@ LAYERS = {
     "world": 2,
     "objects10": 3,
     "backbones": 2,
+    # feeding images to the device (workers, pinned memory, device-side preprocessing): data only
+    "loader": 2,
     "lora": 3,
     "hashing": 4,
     "cache": 5,
     "checkpoints": 5,
     "plots": 5,
     "train": 6,
+    # expected and actual sizes of the prefix cache, from backbone shapes on the meta device
+    "cache_size": 6,
     # features, codes, silhouettes and UMAP views of trained hashers, for the figures
     "embeddings": 6,
     # runs, sweeps and the notebooks' settings: a package whose modules import each other

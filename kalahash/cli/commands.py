@@ -65,6 +65,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             ties=args.ties,
             device=args.device,
             progress=not args.quiet,
+            workers=args.workers,
+            device_preprocess=args.device_preprocess,
         )
     except UnnamedDatasetError:
         raise SystemExit("error: this checkpoint does not name its data set: pass --dataset") from None

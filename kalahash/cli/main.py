@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from . import commands
-from .options import add_list_args, add_results_args, add_scoring_args, add_setting_args
+from .cache_size import add_cache_size_command
+from .options import add_list_args, add_loader_args, add_results_args, add_scoring_args, add_setting_args
 from .search import add_search_commands
 
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default=None, help="backbone weights, if not the checkpoint's")
     add_scoring_args(p)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    add_loader_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=commands.cmd_eval)
 
@@ -131,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_reproduce)
 
     add_search_commands(sub)
+    add_cache_size_command(sub)
     return parser
 
 

@@ -185,7 +185,32 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "run goes on, as the released MS-COCO / NUS-WIDE splits do, and records the shortfall)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_loader_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_loader_args(p: argparse.ArgumentParser) -> None:
+    """How images reach the device (kalahash.loader): ``run``, ``sweep`` and ``eval``."""
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=None,
+        help="image preprocessing worker processes (default: the spare cores, at most 8, on CUDA; 0 on "
+        "the CPU, where the main process computes)",
+    )
+    p.add_argument(
+        "--device-preprocess",
+        action="store_true",
+        help="resize and normalise in-memory images (CIFAR-10) on the device instead of with PIL: the same "
+        "pixels, without the CPU bottleneck",
+    )
+
+
+def _workers(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -198,6 +223,8 @@ def run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "strict_shots": args.strict_shots,
         "device": args.device,
         "progress": not args.quiet,
+        "workers": args.workers,
+        "device_preprocess": args.device_preprocess,
     }
 
 

@@ -97,7 +97,10 @@ def add_search_commands(sub: Any) -> None:
         help="images per saved chunk: the unit of resuming (default: %(default)s)",
     )
     p.add_argument(
-        "--workers", type=int, default=0, help="image-decoding worker processes (default: %(default)s)"
+        "--workers",
+        type=int,
+        default=None,
+        help="image-decoding worker processes (default: the spare cores, at most 8, on CUDA; 0 on the CPU)",
     )
     p.add_argument("--pretrained", default=None, help="backbone weights, if not the checkpoint's")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")

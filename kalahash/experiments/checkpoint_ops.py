@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..checkpoints import check_same_data, data_identity, export_model, hasher_from_checkpoint
+from ..loader import LoaderOptions
 from ..machine import resolve_device
 from ..train import evaluate, load_checkpoint
 from .config import LIST_OPTIONS
@@ -41,6 +42,8 @@ def evaluate_checkpoint(
     ties: str = "index",
     device: str | torch.device | None = None,
     progress: bool = True,
+    workers: int | None = None,
+    device_preprocess: bool = False,
 ) -> dict[str, Any]:
     """Score a checkpoint written by ``run_experiment(..., checkpoint=...)`` (CLI: ``kalahash eval``).
 
@@ -48,7 +51,8 @@ def evaluate_checkpoint(
     split is the run's. Returns :func:`kalahash.train.evaluate`'s scores (``map``, ``map_topk``,
     ``p_at_100``, the codes ...). A checkpoint that names no data set needs ``dataset``
     (:class:`UnnamedDatasetError`, a ValueError, otherwise); data with other classes than the
-    checkpoint's is refused (ValueError naming both).
+    checkpoint's is refused (ValueError naming both). ``workers`` and ``device_preprocess`` set how
+    images reach the device (:class:`~kalahash.loader.LoaderOptions`).
     """
     from ..data import load_dataset
 
@@ -72,7 +76,8 @@ def evaluate_checkpoint(
         ) from err
     check_same_data(payload, data_identity(data.name, data.classnames), path, "score")
     hasher = hasher_from_checkpoint(payload, pretrained, device)
-    return evaluate(hasher, data, topk=topk, ties=ties, progress=progress)
+    loader = LoaderOptions(workers, device_preprocess)
+    return evaluate(hasher, data, topk=topk, ties=ties, progress=progress, loader=loader)
 
 
 def export_checkpoint(

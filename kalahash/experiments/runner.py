@@ -22,6 +22,7 @@ import torch
 from ..checkpoints import data_identity
 from ..fileio import atomic_write_text
 from ..history import FLAG_MARK, group_flags, history_path, history_summary, save_history
+from ..loader import LoaderOptions
 from ..machine import provenance, resolve_device
 from ..results_table import DEFAULT_RESULTS
 from ..train import TRAINING_LOOP, PrefixCache, TrainConfig, evaluate, fit, save_checkpoint
@@ -29,6 +30,8 @@ from .config import ExperimentConfig
 from .results import append_result, find_result
 
 DEFAULT_CACHE = Path("cache/prefix")
+# the phases of a run before evaluation, timed in its row as <phase>_seconds (then encode and map)
+RUN_PHASES = ("load", "check", "build", "fit")
 
 
 def checked_data(data: Any, cache_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
@@ -71,6 +74,8 @@ def run_experiment(
     device: str | torch.device | None = None,
     progress: bool = True,
     strict_shots: bool = False,
+    workers: int | None = None,
+    device_preprocess: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate one configuration; return its row and append it to ``results``.
 
@@ -82,7 +87,10 @@ def run_experiment(
     default the results table's folder. A class the train pool cannot give ``shots`` images is recorded
     in ``shot_shortfall``; ``strict_shots`` refuses to run instead. ``resume`` continues ``checkpoint``
     (refused for another configuration or data); a finished run's checkpoint is re-scored
-    (``resumed_from_epoch`` of the returned row equals ``epochs``).
+    (``resumed_from_epoch`` of the returned row equals ``epochs``). ``workers`` and
+    ``device_preprocess`` set how images reach the device (:class:`~kalahash.loader.LoaderOptions`;
+    neither changes a result on the CPU); the row records them and times each phase (``load_seconds``,
+    ``check_seconds``, ``build_seconds``, ``fit_seconds``, ``encode_seconds``, ``map_seconds``).
     """
     from ..backbones import load_backbone
     from ..data import few_shot_split, load_dataset
@@ -96,10 +104,14 @@ def run_experiment(
         if stored is not None:
             return {**stored, "skipped": True}
     device = resolve_device(device)
+    loader = LoaderOptions(workers, device_preprocess)
     if cache is not None and not isinstance(cache, PrefixCache):
         cache = PrefixCache(cache)
+    clock = [time.perf_counter()]
     data = load_dataset(cfg.dataset, cfg.data_root, seed=cfg.split_seed, **cfg.data_options())
+    clock.append(time.perf_counter())
     check = checked_data(data, Path(workdir) / "data_checks", progress=progress)
+    clock.append(time.perf_counter())
     if not check["ok"] and not allow_failed_check:
         raise ValueError(
             f"the data check of {cfg.dataset!r} failed:\n{check['report']}\nFix the data, or pass "
@@ -111,6 +123,7 @@ def run_experiment(
     torch.manual_seed(cfg.seed)
     backbone = load_backbone(cfg.backbone, cfg.pretrained, device=device)
     hasher = build_hasher(cfg.method, backbone, data.classnames, cfg.bits, **hparams)
+    clock.append(time.perf_counter())
     train_config = TrainConfig(
         epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(train_set)), lr=cfg.lr, seed=cfg.seed
     )
@@ -127,9 +140,12 @@ def run_experiment(
         resume=resume,
         progress=progress,
         checkpoint_extra=extra,
+        loader=loader,
     )
-    began = time.perf_counter()
-    scores = evaluate(hasher, data, topk=cfg.topk, cache=cache, ties=cfg.ties, progress=progress)
+    clock.append(time.perf_counter())
+    scores = evaluate(
+        hasher, data, topk=cfg.topk, cache=cache, ties=cfg.ties, progress=progress, loader=loader
+    )
     counts = hasher.parameter_counts()
     diagnosis = history_summary(trained.history, cfg.bits, len(data.classnames), scores["database_codes"])
     history_file = save_history(trained.history, history_path(workdir, cfg.config_id))
@@ -150,7 +166,15 @@ def run_experiment(
         **{k: v for k, v in scores.items() if k.startswith("p_at_")},
         "training_loop": TRAINING_LOOP,
         "train_seconds": round(trained.seconds, 3),
-        "eval_seconds": round(time.perf_counter() - began, 3),
+        "eval_seconds": round(time.perf_counter() - clock[-1], 3),
+        **{
+            f"{phase}_seconds": round(end - begin, 3)
+            for phase, (begin, end) in zip(RUN_PHASES, itertools.pairwise(clock), strict=True)
+        },
+        "encode_seconds": round(scores["encode_seconds"], 3),
+        "map_seconds": round(scores["map_seconds"], 3),
+        "workers": loader.workers_for(device),
+        "device_preprocess": device_preprocess,
         "trainable_params": counts["total_trainable"],
         **diagnosis,
         "history_file": str(history_file.relative_to(workdir)),  # relative: tables move between machines
