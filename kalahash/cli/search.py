@@ -52,7 +52,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from ..search import search, write_html
+    from ..search import search, tie_note, write_html
 
     hits = search(
         args.codes,
@@ -60,18 +60,23 @@ def cmd_search(args: argparse.Namespace) -> int:
         args.k,
         checkpoint=args.checkpoint,
         engine=args.engine,
+        rerank=args.rerank,
         pretrained=args.pretrained,
         device=args.device,
     )
+    note = tie_note(hits, args.rerank)
     if args.json:
         print(json.dumps([hit.to_dict() for hit in hits], indent=2))
     else:
-        print(f"{'rank':>4}  {'distance':>8}  path")
+        print(f"{'rank':>4}  {'distance':>8}  {'tied':>5}  path")
         for hit in hits:
-            print(f"{hit.rank:>4}  {hit.distance:>8}  {hit.path}")
+            same = "  (the query's image)" if hit.identical else ""
+            print(f"{hit.rank:>4}  {hit.distance:>8}  {hit.tied:>5}  {hit.path}{same}")
+    if note:
+        print(note, file=sys.stderr if args.json else sys.stdout)
     if args.html:
         print(
-            f"thumbnails: {write_html(hits, args.html, args.query)}",
+            f"thumbnails: {write_html(hits, args.html, args.query, args.rerank)}",
             file=sys.stderr if args.json else sys.stdout,
         )
     return 0
@@ -119,7 +124,17 @@ def add_search_commands(sub: Any) -> None:
     p.add_argument("--codes", required=True, help="a codes folder written by `kalahash encode`")
     p.add_argument("--query", required=True, help="query image file")
     p.add_argument("--k", type=int, default=20, help="number of hits (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print a JSON list of {rank, distance, path}")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list of {rank, distance, path, tied, identical} (tied: images at that distance)",
+    )
+    p.add_argument(
+        "--rerank",
+        action="store_true",
+        help="order images at equal distance by the query's real-valued code (asymmetric distance) "
+        "instead of collection order; the query's own image still comes first",
+    )
     p.add_argument("--html", default=None, metavar="OUT.html", help="also write a page of thumbnails")
     p.add_argument("--checkpoint", default=None, help="default: the checkpoint that made the codes")
     p.add_argument(
