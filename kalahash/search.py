@@ -87,13 +87,15 @@ class Hit:
 
 @dataclass(frozen=True)
 class EncodeReport:
-    """What :func:`encode_folder` did: images with codes now, encoded by this call, and every file of
-    the folder without a code (``{"path", "reason"}``: not an image, or unreadable)."""
+    """What :func:`encode_folder` did: images with codes now, encoded by this call, every file of the
+    folder without a code (``{"path", "reason"}``: not an image, or unreadable), and whether a faiss
+    index built from the earlier codes was removed (the codes changed: ``kalahash index`` again)."""
 
     out: Path
     count: int
     encoded: int
     skipped: list[dict[str, str]]
+    index_removed: bool = False
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -289,10 +291,12 @@ def encode_folder(
     report: Any = None
     if rank == 0:
         try:
+            indexed = (out / "index.faiss").exists()
             view = consolidate(
                 out, root, model, plan, checkpoint=str(Path(checkpoint).resolve()), pretrained=pretrained
             )
-            report = EncodeReport(out, len(view.paths), encoded, view.meta["skipped"])
+            removed = indexed and not (out / "index.faiss").exists()
+            report = EncodeReport(out, len(view.paths), encoded, view.meta["skipped"], removed)
         except (ValueError, OSError) as err:
             report = err
     return _from_rank0(report, world)

@@ -276,6 +276,24 @@ def test_cli_encode_index_search(checkpoints, folder, tmp_path, capsys):
     assert "query image" in capsys.readouterr().err
 
 
+def test_encode_says_when_it_removes_a_stale_index(checkpoints, folder, shapes, tmp_path, capsys):
+    out = tmp_path / "codes"
+    encode_cmd = ["encode", "--checkpoint", str(checkpoints[0]), "--images", str(folder), "--out", str(out)]
+    assert main([*encode_cmd, "--quiet"]) == 0
+    build_index(out, "flat")
+    capsys.readouterr()
+    assert main([*encode_cmd, "--quiet"]) == 0  # the same codes: the index stays, nothing said
+    assert (out / "index.faiss").is_file() and "index" not in capsys.readouterr().out
+    _write_images(folder, shapes.database.images[300:301], ["c0/new.png"])
+    assert main([*encode_cmd, "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert not (out / "index.faiss").exists()
+    assert f"removed {out / 'index.faiss'}, built from the earlier codes" in printed
+    assert f"`kalahash index --codes {out}`" in printed
+    _write_images(folder, shapes.database.images[301:302], ["c0/newer.png"])
+    assert not encode_folder(checkpoints[0], folder, out, progress=False).index_removed  # none to remove
+
+
 def test_write_html_survives_a_missing_image(tmp_path, folder):
     hits = [search_module.Hit(1, 0, folder / "c0" / "00.png"), search_module.Hit(2, 3, tmp_path / "gone.png")]
     text = write_html(hits, tmp_path / "p.html").read_text()

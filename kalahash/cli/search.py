@@ -40,6 +40,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
                 print(f"  {entry['path']}: {entry['reason']}")
             if len(report.skipped) > 10:
                 print(f"  ... and {len(report.skipped) - 10} more")
+        if report.index_removed:
+            print(
+                f"the codes changed: removed {report.out / 'index.faiss'}, built from the earlier codes; "
+                f"`kalahash index --codes {report.out}` builds it again (`search` is exact without it)"
+            )
     return 0
 
 
