@@ -42,6 +42,7 @@ from .codestore import CodeSet, Records, consolidate, load_codes, plan_encode, w
 from .fileio import atomic_write, atomic_write_text
 from .hamming import distances, order_ties, pack_words
 from .hashing import sign
+from .machine import resolve_device
 
 __all__ = [
     "ENGINES",
@@ -121,9 +122,15 @@ def _load_hasher(
 ) -> nn.Module:
     """The checkpoint's hasher in eval mode, by default on this process's CUDA device (under torchrun,
     the rank's) or the CPU."""
-    if device is None:
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
-    return hasher_from_checkpoint(payload, pretrained, device).eval()
+    return hasher_from_checkpoint(payload, pretrained, _device(device)).eval()
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    """The given device, checked (a CUDA device the machine lacks is refused with what to do, not
+    blamed on the weights), or this process's CUDA device (under torchrun, the rank's), or the CPU."""
+    if device is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return resolve_device(device)
 
 
 class _ImageFiles(Dataset):
@@ -260,6 +267,7 @@ def encode_folder(
     for name, value in {"batch_size": batch_size, "chunk_size": chunk_size}.items():
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    device = _device(device)
     rank, world = _rank_world()
     root, out = Path(images).resolve(), Path(out).resolve()
     if not root.is_dir():
@@ -359,6 +367,7 @@ def search(
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    device = _device(device)
     store = load_codes(codes)
     checkpoint = checkpoint or store.meta["checkpoint"]
     payload = load_checkpoint(checkpoint)

@@ -294,6 +294,19 @@ def test_encode_says_when_it_removes_a_stale_index(checkpoints, folder, shapes, 
     assert not encode_folder(checkpoints[0], folder, out, progress=False).index_removed  # none to remove
 
 
+def test_cuda_without_a_gpu_says_so_for_encode_and_search(checkpoints, folder, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "codes"
+    encode_folder(checkpoints[0], folder, out, progress=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    encode_cmd = ["encode", "--checkpoint", str(checkpoints[0]), "--images", str(folder), "--out", str(out)]
+    search_cmd = ["search", "--codes", str(out), "--query", str(folder / "c0" / "00.png")]
+    for args in (encode_cmd, search_cmd):
+        assert main([*args, "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "this machine has no CUDA device" in err and "--device cpu" in err
+        assert "weights" not in err and "corrupt" not in err
+
+
 def test_write_html_survives_a_missing_image(tmp_path, folder):
     hits = [search_module.Hit(1, 0, folder / "c0" / "00.png"), search_module.Hit(2, 3, tmp_path / "gone.png")]
     text = write_html(hits, tmp_path / "p.html").read_text()
