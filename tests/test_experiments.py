@@ -116,6 +116,30 @@ def test_checkpoint_then_eval_and_export(tmp_path, capsys, monkeypatch):
     assert "CLoRA" in capsys.readouterr().err and not (tmp_path / "no.pt").exists()
 
 
+def test_run_refuses_to_overwrite_a_checkpoint_unless_forced(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "data"
+    tiny_list_dataset(root, duplicate_query_into_database=False)
+    ckpt = tmp_path / "run.ckpt"
+    common = ["--dataset", "nuswide", "--data-root", str(root), "--backbone", "tiny", "--epochs", "1",
+              "--batch-size", "2", "--quiet", "--checkpoint", str(ckpt)]  # fmt: skip
+    assert main(["run", *common, "--method", "lora"]) == 0
+    before = ckpt.read_bytes()
+    capsys.readouterr()
+    assert main(["run", *common, "--method", "lb"]) == 2  # another method would overwrite the lora run
+    err = capsys.readouterr().err
+    assert f"checkpoint file {str(ckpt)!r} already exists and holds a lora run on 'tiny'" in err
+    assert "'nuswide', 1 shot(s), seed 42, 16 bits, 1 of 1 epochs" in err
+    assert "--resume" in err and "--force" in err and "resume=True" in err
+    assert ckpt.read_bytes() == before and len(pd.read_csv(tmp_path / "results" / "results.csv")) == 1
+    (tmp_path / "junk.ckpt").write_text("my notes")
+    assert main(["run", *common[:-1], str(tmp_path / "junk.ckpt"), "--method", "lb"]) == 2
+    assert "holds something else" in capsys.readouterr().err
+    assert (tmp_path / "junk.ckpt").read_text() == "my notes"
+    assert main(["run", *common, "--method", "lb", "--force"]) == 0
+    assert load_checkpoint(ckpt)["method"] == "lb"
+
+
 def test_notebook_settings_pick_the_profile():
     smoke = notebook_settings()
     assert (smoke["profile"], smoke["dataset"], smoke["backbone"]) == ("smoke", "objects10", "tiny-objects-m")

@@ -42,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train and evaluate one setting (one or several seeds)")
     add_setting_args(p, many=False)
-    p.add_argument("--checkpoint", default=None, help="write the trained parts here after every epoch")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="write the trained parts here after every epoch (an existing file is refused unless --resume "
+        "or --force)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     p.set_defaults(func=commands.cmd_run)
 
@@ -125,6 +130,6 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

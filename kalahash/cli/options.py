@@ -174,7 +174,11 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="folder for few-shot split lists and remembered data checks (default: the results table's)",
     )
-    p.add_argument("--force", action="store_true", help="run even if the results table has this config")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="run even if the results table has this config (and overwrite an existing --checkpoint file)",
+    )
     p.add_argument(
         "--allow-failed-check", action="store_true", help="run on data whose integrity check failed"
     )

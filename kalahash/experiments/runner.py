@@ -95,6 +95,12 @@ def run_experiment(
         stored = find_result(cfg, results)
         if stored is not None:
             return {**stored, "skipped": True}
+    if checkpoint is not None and not resume and not force and Path(checkpoint).exists():
+        raise FileExistsError(
+            f"checkpoint file {str(checkpoint)!r} already exists and holds {_checkpoint_contents(checkpoint)}: "
+            "continue it with resume=True (CLI: --resume), write another file, or pass force=True (CLI: "
+            "--force) to overwrite it"
+        )
     device = resolve_device(device)
     if cache is not None and not isinstance(cache, PrefixCache):
         cache = PrefixCache(cache)
@@ -172,6 +178,20 @@ def run_experiment(
     if results is not None:
         append_result(row, results)
     return {**row, "skipped": False, "resumed_from_epoch": trained.resumed_from_epoch}
+
+
+def _checkpoint_contents(path: str | os.PathLike) -> str:
+    """What an existing checkpoint file holds, in a few words, for the refusal to overwrite it."""
+    from ..checkpoints import load_checkpoint
+
+    try:
+        payload = load_checkpoint(path)
+    except (ValueError, OSError) as err:
+        return f"something else: {err}"
+    run = payload.get("experiment", {})
+    done = f", {payload['epoch']} of {run['epochs']} epochs" if "epoch" in payload and "epochs" in run else ""
+    setting = f"{run['dataset']!r}, {run['shots']} shot(s), seed {run['seed']}, " if "dataset" in run else ""
+    return f"a {payload['method']} run on {payload['backbone']['name']!r} ({setting}{payload['bits']} bits{done})"
 
 
 def expand_grid(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]]) -> list[ExperimentConfig]:
