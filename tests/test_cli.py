@@ -10,6 +10,7 @@ from PIL import Image
 
 from kalahash.cli import main
 from kalahash.data import ShortShotsWarning
+from kalahash.experiments import RowNotWrittenWarning, read_results
 
 
 def test_run_writes_a_row_and_skips_a_repeat(tmp_path, capsys, monkeypatch):
@@ -247,3 +248,35 @@ def test_the_command_runs_as_a_module_as_torchrun_starts_it():
         [sys.executable, "-m", "kalahash.cli", "encode"], capture_output=True, text=True, timeout=120
     )
     assert wrong.returncode == 2 and "--checkpoint" in wrong.stderr
+
+
+def test_an_unwritable_results_folder_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    import kalahash.experiments.runner as runner
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plain-file").write_text("not a folder")
+    monkeypatch.setattr(runner, "fit", lambda *a, **k: pytest.fail("trained before checking the results"))
+    args = cli_run_args(tmp_path, "--method", "lb")
+    args[args.index("--results") + 1] = str(tmp_path / "plain-file" / "results.csv")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "results table" in err and "cannot be written" in err and "--results" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_row_that_cannot_be_appended_is_printed_and_kept(tmp_path, capsys, monkeypatch):
+    import kalahash.results_table as table
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self.lock_path))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(table.Locked, "__enter__", refuse)  # the folder turned read-only during the run
+    with pytest.warns(RowNotWrittenWarning, match=r"could not append this run's row to .*results.csv.lock"):
+        assert main(cli_run_args(tmp_path / "r", "--method", "lb")) == 0
+    out = capsys.readouterr().out
+    assert "seed 42: mAP@" in out  # the run's result is printed, not lost in a traceback
+    [saved] = tmp_path.glob("kalahash-unsaved-row-*.csv")
+    row = read_results(saved).iloc[0]
+    assert f"= {row['map']:.4f}" in out and row["method"] == "lb"
+    assert not (tmp_path / "r" / "results.csv").exists()

@@ -222,3 +222,13 @@ def test_stored_rows_read_back_as_the_rows_their_runs_returned(tmp_path):
     assert {k: stored[k] for k in shared} == {k: fresh[0][k] for k in shared}
     summary = summarize(pd.DataFrame([stored, fresh[1]]), by=("method", "knowledge"))
     assert len(summary) == 1 and summary.iloc[0]["seeds"] == 2
+
+
+def test_an_append_keeps_a_read_only_tables_mode(tmp_path):
+    import stat
+
+    path = tmp_path / "results.csv"
+    append_result(_row(ExperimentConfig(seed=0), 0.25), path)
+    path.chmod(0o444)
+    append_result(_row(ExperimentConfig(seed=1), 0.5), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o444 and len(read_results(path)) == 2

@@ -130,6 +130,6 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ Layer 7 (tests/test_layout.py): these modules import each other and the layers b
 
 from ..checkpoints import load_exported
 from ..machine import provenance
-from ..results_table import DEFAULT_RESULTS, DamagedRowWarning
+from ..results_table import DEFAULT_RESULTS, DamagedRowWarning, RowNotWrittenWarning
 from .checkpoint_ops import (
     ExportedModel,
     UnnamedDatasetError,
@@ -53,6 +53,7 @@ __all__ = [
     "DamagedRowWarning",
     "ExperimentConfig",
     "ExportedModel",
+    "RowNotWrittenWarning",
     "UnnamedDatasetError",
     "append_result",
     "check_dataset",

@@ -23,7 +23,7 @@ from ..checkpoints import data_identity
 from ..fileio import atomic_write_text
 from ..history import FLAG_MARK, group_flags, history_path, history_summary, save_history
 from ..machine import provenance, resolve_device
-from ..results_table import DEFAULT_RESULTS
+from ..results_table import DEFAULT_RESULTS, check_writable, keep_unwritten_row
 from ..train import PrefixCache, TrainConfig, evaluate, fit, save_checkpoint
 from .config import ExperimentConfig
 from .results import append_result, find_result
@@ -95,6 +95,10 @@ def run_experiment(
         stored = find_result(cfg, results)
         if stored is not None:
             return {**stored, "skipped": True}
+    if results is not None:
+        check_writable(Path(results).parent, f"results table {results}", "results= (CLI: --results)")
+    if results is None or workdir != Path(results).parent:
+        check_writable(workdir, "folder of split lists and run histories", "workdir= (CLI: --workdir)")
     if checkpoint is not None and not resume and not force and Path(checkpoint).exists():
         raise FileExistsError(
             f"checkpoint file {str(checkpoint)!r} already exists and holds {_checkpoint_contents(checkpoint)}: "
@@ -176,7 +180,10 @@ def run_experiment(
             **extra,
         )
     if results is not None:
-        append_result(row, results)
+        try:
+            append_result(row, results)
+        except OSError as err:  # e.g. the folder turned read-only during the run: keep the row anyway
+            keep_unwritten_row(row, results, err)
     return {**row, "skipped": False, "resumed_from_epoch": trained.resumed_from_epoch}
 
 
