@@ -280,3 +280,25 @@ def test_a_row_that_cannot_be_appended_is_printed_and_kept(tmp_path, capsys, mon
     row = read_results(saved).iloc[0]
     assert f"= {row['map']:.4f}" in out and row["method"] == "lb"
     assert not (tmp_path / "r" / "results.csv").exists()
+
+
+def test_ctrl_c_in_run_says_what_was_kept_and_how_to_go_on(tmp_path, capsys, monkeypatch):
+    import kalahash.experiments.runner as runner
+
+    real = runner.evaluate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    ckpt = tmp_path / "run.ckpt"
+    monkeypatch.setattr(runner, "evaluate", interrupted)  # Ctrl-C after the last epoch was saved
+    assert main(cli_run_args(tmp_path, "--method", "lb", "--checkpoint", str(ckpt))) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"kalahash run: interrupted: {ckpt} holds the last finished epoch")
+    assert "--resume" in err and len(err.splitlines()) == 1
+    monkeypatch.setattr(runner, "evaluate", real)
+    assert main(cli_run_args(tmp_path, "--method", "lb", "--checkpoint", str(ckpt), "--resume")) == 0
+    assert "re-scored" in capsys.readouterr().out
+    monkeypatch.setattr(runner, "evaluate", interrupted)
+    assert main(cli_run_args(tmp_path, "--method", "lora")) == 130
+    assert "--checkpoint FILE saves every epoch" in capsys.readouterr().err

@@ -132,6 +132,30 @@ def test_an_interrupted_encode_resumes_from_its_last_chunk(checkpoints, folder, 
     np.testing.assert_array_equal(resumed.codes, whole.codes)
 
 
+def test_ctrl_c_in_encode_says_what_was_kept_in_one_line(checkpoints, folder, tmp_path, capsys, monkeypatch):
+    real = search_module._encode_files
+    calls = []
+
+    def interrupted_on_the_third_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "_encode_files", interrupted_on_the_third_chunk)
+    out = tmp_path / "codes"
+    encode_cmd = ["encode", "--checkpoint", str(checkpoints[0]), "--images", str(folder), "--out", str(out)]
+    assert main([*encode_cmd, "--chunk-size", "8", "--quiet"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"kalahash encode: interrupted: every complete chunk is kept in {out}/parts: the same command goes on "
+        "from there (and writes the searchable codes when it finishes)"
+    )
+    monkeypatch.setattr(search_module, "_encode_files", real)
+    assert main([*encode_cmd, "--chunk-size", "8", "--quiet"]) == 0
+    assert f"({N_IMAGES + 1 - 16} encoded by this call)" in capsys.readouterr().out  # 2 chunks were kept
+
+
 def test_search_finds_the_query_and_every_engine_agrees(checkpoints, folder, tmp_path):
     out = tmp_path / "codes"
     encode_folder(checkpoints[0], folder, out, progress=False)

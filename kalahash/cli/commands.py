@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import replace
+from pathlib import Path
 
 from .options import base_config, cache_folder, list_options, print_table, run_kwargs, warn_flags
 
@@ -35,6 +36,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     warn_flags(rows)
     print(f"results table: {args.results}")
     return 0
+
+
+def interrupted_run(args: argparse.Namespace) -> str:
+    """What a Ctrl-C in ``run`` leaves, and how to go on."""
+    done = f"rows of finished seeds are in {args.results}"
+    if args.checkpoint and Path(args.checkpoint).is_file():
+        return (
+            f"{args.checkpoint} holds the last finished epoch ({done}): run the same command with --resume "
+            "to continue"
+        )
+    if args.checkpoint:
+        return f"no epoch had finished, nothing of this run was kept ({done}): run the same command again"
+    return (
+        f"nothing of the unfinished run was kept ({done}); --checkpoint FILE saves every epoch, so that "
+        "--resume can continue"
+    )
+
+
+def interrupted_grid(args: argparse.Namespace) -> str:
+    """What a Ctrl-C in ``sweep`` or ``demo`` leaves, and how to go on."""
+    return (
+        f"finished runs are in {args.results}: the same command runs the rest (runs in the table are skipped)"
+    )
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="(default: %(default)s)")
     p.add_argument("--force", action="store_true", help="rerun even if the results table has these runs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=commands.cmd_demo)
+    p.set_defaults(func=commands.cmd_demo, interrupted=commands.interrupted_grid)
 
     p = sub.add_parser("run", help="train and evaluate one setting (one or several seeds)")
     add_setting_args(p, many=False)
@@ -49,13 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
         "or --force)",
     )
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
-    p.set_defaults(func=commands.cmd_run)
+    p.set_defaults(func=commands.cmd_run, interrupted=commands.interrupted_run)
 
     p = sub.add_parser(
         "sweep", help="a grid over shots x bits x methods x seeds; prints mean ± std per setting"
     )
     add_setting_args(p, many=True)
-    p.set_defaults(func=commands.cmd_sweep)
+    p.set_defaults(func=commands.cmd_sweep, interrupted=commands.interrupted_grid)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint written by `kalahash run --checkpoint`")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by `kalahash run --checkpoint`")
@@ -111,7 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="passed to every notebook (default: the profile's)")
     p.add_argument("--fresh", action="store_true", help="a new runs folder: rerun every notebook")
     p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebooks' own)")
-    p.set_defaults(func=commands.cmd_reproduce)
+    p.set_defaults(
+        func=commands.cmd_reproduce,
+        interrupted=lambda _: (
+            "the same command continues in the same runs folder (finished notebooks are reused)"
+        ),
+    )
 
     add_search_commands(sub)
     return parser
@@ -133,3 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        kept = (
+            args.interrupted(args)
+            if hasattr(args, "interrupted")
+            else "files are written whole or not at all"
+        )
+        print(f"\nkalahash {args.command}: interrupted: {kept}", file=sys.stderr)
+        return 130

@@ -48,6 +48,14 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def interrupted_encode(args: argparse.Namespace) -> str:
+    """What a Ctrl-C in ``encode`` leaves, and how to go on."""
+    return (
+        f"every complete chunk is kept in {args.out}/parts: the same command goes on from there (and "
+        "writes the searchable codes when it finishes)"
+    )
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from ..search import build_index
 
@@ -112,7 +120,7 @@ def add_search_commands(sub: Any) -> None:
     p.add_argument("--pretrained", default=None, help="backbone weights, if not the checkpoint's")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_encode)
+    p.set_defaults(func=cmd_encode, interrupted=interrupted_encode)
 
     p = sub.add_parser("index", help="build a faiss binary index beside a codes folder")
     p.add_argument("codes", help="a codes folder written by `kalahash encode`")
