@@ -129,13 +129,13 @@ def test_help_explains_every_option(capsys):
         assert option in out
 
 
-def _image_folder(root, per_class: int = 11) -> None:
+def _image_folder(root, per_class: int = 11, classes: tuple[str, ...] = ("cat", "dog")) -> None:
     """A user's own images, one folder per class (the folder loader keeps 10 per class as queries)."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for name in ("cat", "dog"):
+    for name in classes:
         (root / name).mkdir(parents=True)
         for i in range(per_class):
             Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
@@ -302,3 +302,14 @@ def test_ctrl_c_in_run_says_what_was_kept_and_how_to_go_on(tmp_path, capsys, mon
     monkeypatch.setattr(runner, "evaluate", interrupted)
     assert main(cli_run_args(tmp_path, "--method", "lora")) == 130
     assert "--checkpoint FILE saves every epoch" in capsys.readouterr().err
+
+
+def test_one_class_is_refused_not_scored_as_a_perfect_map(tmp_path, capsys):
+    _image_folder(tmp_path / "mine", per_class=30, classes=("red",))
+    args = ["run", "--dataset", "folder", "--data-root", str(tmp_path / "mine"), "--method", "lb",
+            "--backbone", "tiny", "--epochs", "1", "--quiet", "--cache", "none",
+            "--results", str(tmp_path / "results.csv")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "has one class ('red')" in err and "mAP 1.0" in err and "at least two classes" in err
+    assert not (tmp_path / "results.csv").exists()

@@ -109,6 +109,12 @@ def run_experiment(
     if cache is not None and not isinstance(cache, PrefixCache):
         cache = PrefixCache(cache)
     data = load_dataset(cfg.dataset, cfg.data_root, seed=cfg.split_seed, **cfg.data_options())
+    if len(data.classnames) < 2:
+        raise ValueError(
+            f"data set {cfg.dataset!r} has one class ({data.classnames[0]!r}): every database image is "
+            "relevant to every query, so any codes score mAP 1.0 and the run would show nothing; give at "
+            "least two classes (for --dataset folder: a sub-folder per class)"
+        )
     check = checked_data(data, Path(workdir) / "data_checks", progress=progress)
     if not check["ok"] and not allow_failed_check:
         raise ValueError(
