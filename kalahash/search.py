@@ -452,7 +452,12 @@ def _candidates(store: CodeSet, code: np.ndarray, k: int, engine: str) -> np.nda
     """None for the exact engine (every image is a candidate), else the faiss index's k hits."""
     if engine == "exact":
         return None
-    built = store.meta.get("index")
+    built, bits = store.meta.get("index"), store.meta["model"]["bits"]
+    if built is None and bits % 8:
+        raise ValueError(
+            f"the codes in {store.folder} have {bits} bits, and faiss indexes need a multiple of 8: search "
+            'them with engine="exact" (CLI: --engine exact, the default)'
+        )
     if built is None:
         raise ValueError(
             f"no faiss index in {store.folder}: run `kalahash index --codes {store.folder}` first"

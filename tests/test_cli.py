@@ -76,8 +76,11 @@ def test_short_few_shot_set_runs_and_is_recorded_unless_strict(tmp_path, capsys,
     "args,message",
     [
         (["run", "--dataset", "imagenette"], "unknown dataset 'imagenette'"),
-        (["run", "--shots", "0"], "--shots must be a positive integer"),
-        (["run", "--bits", "-16"], "--bits must be a positive integer"),
+        (["run", "--shots", "0"], "argument --shots: must be a positive integer, got '0'"),
+        (["run", "--bits", "-16"], "argument --bits: bits must be a positive multiple of 8"),
+        (["run", "--bits", "7"], "argument --bits: bits must be a positive multiple of 8"),
+        (["sweep", "--bits", "16", "12"], "argument --bits: bits must be a positive multiple of 8"),
+        (["demo", "--bits", "7"], "argument --bits: bits must be a positive multiple of 8"),
         (["run", "--loss", "triplet", "--backbone", "tiny", "--epochs", "1"], "triplet"),
         (["check-data", "--dataset", "cifar10", "--data-root", "{tmp}/nothing"], "cifar-10-python.tar.gz"),
         (["eval", "--checkpoint", "{tmp}/missing.ckpt"], "does not exist"),
@@ -86,9 +89,12 @@ def test_short_few_shot_set_runs_and_is_recorded_unless_strict(tmp_path, capsys,
 def test_bad_input_gives_a_clear_error(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    if args[0] == "run":
+    if args[0] in ("run", "sweep", "demo"):
         args += ["--results", str(tmp_path / "r.csv"), "--quiet"]
-    assert main(args) == 2
+    try:
+        assert main(args) == 2
+    except SystemExit as stop:  # argparse's errors exit 2 too
+        assert stop.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r.csv").exists()  # nothing written half-way
 

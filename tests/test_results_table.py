@@ -55,6 +55,7 @@ def test_config_id_identifies_the_result(tmp_path):
         ({"method": "dino"}, "unknown method 'dino'.*kalahash"),
         ({"shots": 0}, "shots must be a positive integer"),
         ({"bits": -8}, "bits must be a positive integer"),
+        ({"bits": 7}, "bits must be a positive multiple of 8"),
         ({"epochs": 1.5}, "epochs must be a positive integer"),
         ({"ties": "random"}, "ties must be 'index' or 'average'"),
     ],

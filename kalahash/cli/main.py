@@ -6,7 +6,14 @@ import argparse
 import sys
 
 from . import commands
-from .options import add_list_args, add_results_args, add_scoring_args, add_setting_args
+from .options import (
+    add_list_args,
+    add_results_args,
+    add_scoring_args,
+    add_setting_args,
+    code_length,
+    positive_int,
+)
 from .search import add_search_commands
 
 
@@ -32,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="tiny-objects-m",
         help="a built-in CLIP: tiny-objects-s/m/l (objects10), tiny-shapes (shapes) (default: %(default)s)",
     )
-    p.add_argument("--shots", type=int, default=1, help="(default: %(default)s)")
-    p.add_argument("--bits", type=int, default=16, help="(default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=100, help="(default: %(default)s)")
+    p.add_argument("--shots", type=positive_int, default=1, help="(default: %(default)s)")
+    p.add_argument("--bits", type=code_length, default=16, help="(default: %(default)s)")
+    p.add_argument("--epochs", type=positive_int, default=100, help="(default: %(default)s)")
     p.add_argument("--seed", type=int, default=42, help="(default: %(default)s)")
     p.add_argument("--force", action="store_true", help="rerun even if the results table has these runs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -124,15 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("shots", "bits", "epochs", "batch_size"):
-        values = getattr(args, name, None)
-        for value in values if isinstance(values, list) else [values]:
-            if value is not None and value <= 0:
-                print(
-                    f"error: --{name.replace('_', '-')} must be a positive integer, got {value}",
-                    file=sys.stderr,
-                )
-                return 2
     try:
         return args.func(args)
     except (ValueError, OSError) as err:

@@ -9,9 +9,33 @@ import sys
 from typing import Any
 
 from ..experiments import DEFAULT_CACHE, DEFAULT_RESULTS, LIST_OPTIONS, METHODS, ExperimentConfig
+from ..experiments.config import check_code_length
 from ..hashing.knowledge import KNOWLEDGE_MODES
 
 _DEFAULTS = ExperimentConfig()
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a positive integer (argparse then names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def code_length(text: str) -> int:
+    """An argparse type: a code length a run may choose (:func:`check_code_length`)."""
+    try:
+        bits: Any = int(text)
+    except ValueError:
+        bits = text
+    try:
+        return check_code_length(bits)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _parse_value(text: str) -> Any:
@@ -47,14 +71,14 @@ def add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
     add_list_args(p)
     p.add_argument(
         "--shots",
-        type=int,
+        type=positive_int,
         nargs=nargs,
         default=[_DEFAULTS.shots] if many else _DEFAULTS.shots,
         help="labelled images per class (default: %(default)s)",
     )
     p.add_argument(
         "--bits",
-        type=int,
+        type=code_length,
         nargs=nargs,
         default=[_DEFAULTS.bits] if many else _DEFAULTS.bits,
         help="hash code length (default: %(default)s)",
@@ -108,9 +132,14 @@ def add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
         help="seeds (few-shot sample and training); several give mean ± std (default: %(default)s)",
     )
     p.add_argument(
-        "--epochs", type=int, default=_DEFAULTS.epochs, help="training epochs (default: %(default)s)"
+        "--epochs", type=positive_int, default=_DEFAULTS.epochs, help="training epochs (default: %(default)s)"
     )
-    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="(default: %(default)s)")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=_DEFAULTS.batch_size,
+        help="few-shot images per training step (default: %(default)s)",
+    )
     p.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="SGD learning rate (default: %(default)s)")
     p.add_argument(
         "--hp",

@@ -8,6 +8,8 @@ import json
 import sys
 from typing import Any
 
+from .options import positive_int
+
 
 def cmd_encode(args: argparse.Namespace) -> int:
     import os
@@ -106,11 +108,11 @@ def add_search_commands(sub: Any) -> None:
     p.add_argument("--images", required=True, help="folder of images, searched recursively")
     p.add_argument("--out", required=True, help="codes folder to write (or to bring up to date)")
     p.add_argument(
-        "--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)"
+        "--batch-size", type=positive_int, default=64, help="images per forward pass (default: %(default)s)"
     )
     p.add_argument(
         "--chunk-size",
-        type=int,
+        type=positive_int,
         default=1024,
         help="images per saved chunk: the unit of resuming (default: %(default)s)",
     )
@@ -130,13 +132,15 @@ def add_search_commands(sub: Any) -> None:
         choices=("flat", "hnsw"),
         help="flat: exact; hnsw: approximate, for very large sets (default: %(default)s)",
     )
-    p.add_argument("--neighbors", type=int, default=32, help="HNSW links per node (default: %(default)s)")
+    p.add_argument(
+        "--neighbors", type=positive_int, default=32, help="HNSW links per node (default: %(default)s)"
+    )
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="the images of a codes folder nearest to a query image")
     p.add_argument("--codes", required=True, help="a codes folder written by `kalahash encode`")
     p.add_argument("--query", required=True, help="query image file")
-    p.add_argument("--k", type=int, default=20, help="number of hits (default: %(default)s)")
+    p.add_argument("--k", type=positive_int, default=20, help="number of hits (default: %(default)s)")
     p.add_argument(
         "--json",
         action="store_true",

@@ -29,6 +29,17 @@ LIST_OPTIONS = ("train_list", "query_list", "database_list", "classnames")
 _LATER_FIELDS: dict[str, Any] = {"knowledge": "true", **dict.fromkeys(LIST_OPTIONS)}
 
 
+def check_code_length(bits: Any) -> int:
+    """``bits`` if it is a code length a run may choose: a positive multiple of 8, since codes are
+    stored and indexed as bytes (``kalahash index``: faiss binary indexes take whole bytes)."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits <= 0 or bits % 8:
+        raise ValueError(
+            f"bits must be a positive multiple of 8 (codes are stored and indexed as whole bytes; the paper "
+            f"uses 16, 32 and 64), got {bits!r}"
+        )
+    return bits
+
+
 def config_hash(row: Mapping[str, Any]) -> str:
     """The config_id of a config's row: everything that determines its result, less later fields at
     their default."""
@@ -78,6 +89,7 @@ class ExperimentConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_code_length(self.bits)
         from ..data import resolve_dataset_name
         from ..hashing import LOSSES
         from ..hashing.factory import check_knowledge_control
