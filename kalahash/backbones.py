@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import logging
 import os
+import socket
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -48,6 +49,7 @@ __all__ = [
     "SplitAttention",
     "TimmSplitAttention",
     "TimmTower",
+    "WeightsUnavailableError",
     "available_models",
     "expand_compact_state",
     "image_tower",
@@ -216,17 +218,60 @@ def _check_checkpoint(path: Path) -> None:
         raise ValueError(f"checkpoint file {str(path)!r} is empty (0 bytes): download it again")
 
 
-def _offline_message(name: str, tag: str) -> str:
-    cfg = open_clip.get_pretrained_cfg(name, tag)
-    sources = [
-        s for s in (cfg.get("hf_hub") and f"Hugging Face hub repo {cfg['hf_hub']}", cfg.get("url")) if s
-    ]
-    where = " or ".join(sources) if sources else "its source"
+class WeightsUnavailableError(ConnectionError):
+    """The pretrained weights of a tag are not in the local cache and cannot be downloaded from here."""
+
+
+def _weights_source(config: str, tag: str) -> tuple[str, str, str | None]:
+    """Where open_clip would fetch a tag's weights (host, download address, cached file or None), the
+    Hugging Face hub first, as open_clip prefers it."""
+    from urllib.parse import urlparse
+
+    cfg = open_clip.get_pretrained_cfg(config, tag)
+    hub = cfg.get("hf_hub") if open_clip.pretrained.has_hf_hub() else None
+    if hub:
+        import huggingface_hub
+        from huggingface_hub import constants
+
+        repo, name = os.path.split(hub)
+        names = [name] if name else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        cached = (huggingface_hub.try_to_load_from_cache(repo, n) for n in names)
+        found = next((c for c in cached if isinstance(c, str)), None)
+        return (
+            urlparse(constants.ENDPOINT).netloc,
+            f"{constants.ENDPOINT}/{repo}/resolve/main/{names[-1]}",
+            found,
+        )
+    url = cfg.get("url", "")
+    cached = Path("~/.cache/clip").expanduser() / os.path.basename(url)  # open_clip's URL cache
+    return urlparse(url).netloc, url, str(cached) if url and cached.is_file() else None
+
+
+def _check_weights_reachable(name: str, config: str, tag: str) -> None:
+    """Refuse at once, in one line, a tag whose weights are neither cached nor downloadable (offline),
+    instead of a minute of download retries and chained tracebacks."""
+    from huggingface_hub import constants
+
+    host, url, cached = _weights_source(config, tag)
+    if cached is not None or not host:
+        return
+    if constants.HF_HUB_OFFLINE and "huggingface" in url:
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        try:
+            socket.create_connection((host, 443), timeout=5).close()
+            return
+        except OSError as err:
+            reason = f"{host} cannot be reached ({err})"
+    raise WeightsUnavailableError(_unavailable_message(name, tag, url, reason))
+
+
+def _unavailable_message(name: str, tag: str, url: str, reason: str) -> str:
+    file = os.path.basename(url) or "weights.bin"
     return (
-        f"could not download the pretrained weights '{tag}' for model '{name}' from {where}. "
-        "Are you offline? On a machine with internet, download the weights file, copy it here and pass "
-        f"its path instead: load_backbone({name!r}, pretrained='/path/to/weights.bin'). "
-        "Without weights, pretrained=None gives a randomly initialised model."
+        f"cannot fetch the pretrained weights {tag!r} of {name!r}: {reason}, and they are not in the local "
+        f"cache. On a machine with internet download {url}, copy it here and pass the file: "
+        f"pretrained='/path/to/{file}' (CLI: --pretrained /path/to/{file})"
     )
 
 
@@ -281,6 +326,7 @@ def load_backbone(
             )
         if open_clip.get_pretrained_cfg(config, tag).get("quick_gelu"):
             kwargs["force_quick_gelu"] = True
+        _check_weights_reachable(name, config, tag)
 
     try:
         compact = _read_compact(Path(tag)) if tag is not None and _looks_like_path(tag) else None
@@ -301,7 +347,9 @@ def load_backbone(
                 "the model name."
             ) from err
         if tag is not None:
-            raise RuntimeError(_offline_message(config, tag)) from err
+            _, url, _ = _weights_source(config, tag)
+            reason = f"the download failed ({type(err).__name__})"
+            raise WeightsUnavailableError(_unavailable_message(name, tag, url, reason)) from err
         raise
     fingerprint = state_fingerprint(model)  # of the weights as open_clip stores them, before the split
     if split_attention(model.visual) == 0:
