@@ -250,16 +250,21 @@ def _weights_source(config: str, tag: str) -> tuple[str, str, str | None]:
 def _check_weights_reachable(name: str, config: str, tag: str) -> None:
     """Refuse at once, in one line, a tag whose weights are neither cached nor downloadable (offline),
     instead of a minute of download retries and chained tracebacks."""
+    from urllib.request import getproxies
+
     from huggingface_hub import constants
 
     host, url, cached = _weights_source(config, tag)
     if cached is not None or not host:
         return
-    if constants.HF_HUB_OFFLINE and "huggingface" in url:
+    if constants.HF_HUB_OFFLINE and url.startswith(constants.ENDPOINT):
         reason = "HF_HUB_OFFLINE is set"
+    elif "https" in getproxies():  # through a proxy only the download itself can tell
+        return
     else:
+        name_part, _, port = host.partition(":")
         try:
-            socket.create_connection((host, 443), timeout=5).close()
+            socket.create_connection((name_part, int(port or 443)), timeout=5).close()
             return
         except OSError as err:
             reason = f"{host} cannot be reached ({err})"
