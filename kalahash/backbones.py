@@ -12,9 +12,10 @@ import difflib
 import hashlib
 import logging
 import os
+import re
 import socket
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ __all__ = [
     "SplitAttention",
     "TimmSplitAttention",
     "TimmTower",
+    "UnknownWordsWarning",
     "WeightsUnavailableError",
     "available_models",
     "expand_compact_state",
@@ -76,6 +78,10 @@ BUILTIN_WEIGHTS: dict[str, tuple[str, Path]] = {
 COMPACT_ROWS, COMPACT_IDS = "token_embedding.rows", "token_embedding.ids"
 RANDOM = "random"
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+class UnknownWordsWarning(UserWarning):
+    """Class prompts use words a built-in tiny CLIP never learned: their text embeddings carry no meaning."""
 
 
 class CompactTokenEmbedding(nn.Module):
@@ -152,6 +158,7 @@ class Backbone:
     embed_dim: int
     width: int
     fingerprint: str
+    vocabulary: frozenset[int] | None = None  # token ids with trained rows (compact weights); None: all
     _knowledge_cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -189,6 +196,17 @@ class Backbone:
             self._knowledge_cache[key] = self.model.encode_text(tokens).float()
             self.model.train(was_training)
         return self._knowledge_cache[key].clone()
+
+    def unknown_words(self, texts: Sequence[str]) -> list[str]:
+        """The words of ``texts`` this model has no trained token rows for (a built-in tiny CLIP knows
+        only its world's caption vocabulary; the rest of its table is zeros), in order of appearance."""
+        if self.vocabulary is None:
+            return []
+        words = dict.fromkeys(w for text in texts for w in re.findall(r"[^\W_]+|[^\w\s]", text.lower()))
+        encode = getattr(self.tokenizer, "encode", None)
+        if encode is None:
+            return []
+        return [w for w in words if not set(encode(w)) <= self.vocabulary]
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Raw projected CLS features (not normalised), as the hash head sees them."""
@@ -371,6 +389,7 @@ def load_backbone(
         embed_dim=model.visual.output_dim,
         width=transformer.width,
         fingerprint=fingerprint,
+        vocabulary=None if compact is None else frozenset(compact[COMPACT_IDS].tolist()),
     )
 
 

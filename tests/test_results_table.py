@@ -66,9 +66,17 @@ def test_config_validation(kwargs, match):
 
 
 def test_resolved_hparams_follow_method_and_preset():
-    hp, source = ExperimentConfig(dataset="cifar10", shots=2, method="kalahash").resolved_hparams()
+    released = {"dataset": "cifar10", "shots": 2, "method": "kalahash", "backbone": "ViT-B-32"}
+    hp, source = ExperimentConfig(**released, pretrained="openai").resolved_hparams()
     assert hp == {"rank": 4, "strength": 0.3, "kiddo_alpha": 0.1, "kiddo_beta": 0.1, "kiddo_gamma": 4.0}
     assert source == "released"
+    # the same values on another backbone (or ViT-B-32 without OpenAI's weights) are ours, and say so
+    assert ExperimentConfig(**released).resolved_hparams() == (
+        hp,
+        "ours: released for CLIP ViT-B-32 (openai), used with ViT-B-32",
+    )
+    tiny = ExperimentConfig(**{**released, "backbone": "tiny-objects-m"}).resolved_hparams()[1]
+    assert tiny == "ours: released for CLIP ViT-B-32 (openai), used with tiny-objects-m"
     hp, source = ExperimentConfig(dataset="cifar10", method="lb", loss="csq").resolved_hparams()
     assert hp == {"loss": "csq"}
     hp, source = ExperimentConfig(

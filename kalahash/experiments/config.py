@@ -137,7 +137,7 @@ class ExperimentConfig:
         if self.method == "lora":
             base, source = dict(LORA_BASELINE), "release default config"
         elif keys:
-            p = setting_hparams(self.dataset, self.shots, self.bits)
+            p = setting_hparams(self.dataset, self.shots, self.bits, (self.backbone, self.pretrained))
             base, source = {k: p.hparams[k] for k in keys}, p.source
             if p.defaults and num_classes is not None and base["rank"] > num_classes:
                 base["rank"], source = num_classes, f"{source}; rank capped at the {num_classes} classes"
