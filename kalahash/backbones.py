@@ -218,6 +218,14 @@ def _close_matches(name: str, choices: list[str]) -> str:
     return f" Close matches: {', '.join(close)}." if close else ""
 
 
+def _unknown_backbone(name: str, models: list[str]) -> str:
+    return (
+        f"unknown backbone {name!r}.{_close_matches(name, models)} Built in: {', '.join(BUILTIN_WEIGHTS)}, "
+        f"{', '.join(slip.SLIP_MODELS)}; open_clip's models, e.g. ViT-B-32, ViT-B-16, ViT-L-14 (from Python, "
+        "kalahash.backbones.available_models lists them all)."
+    )
+
+
 def available_models() -> list[str]:
     return sorted(set(open_clip.list_models()) | set(BUILTIN_WEIGHTS) | set(slip.SLIP_MODELS))
 
@@ -321,7 +329,7 @@ def load_backbone(
     """
     models = available_models()
     if name not in models:
-        raise ValueError(f"unknown backbone {name!r}.{_close_matches(name, models)} See available_models().")
+        raise ValueError(_unknown_backbone(name, models))
     if name in slip.SLIP_MODELS:
         return _load_slip_backbone(name, pretrained, device)
     tag: str | None = None if pretrained is None else os.fspath(pretrained)
@@ -402,7 +410,7 @@ def _load_slip_backbone(name: str, pretrained: str | os.PathLike | None, device:
         raise ValueError(
             f"{name!r} loads its weights from a local SLIP checkpoint file, not a tag ({str(path)!r}). "
             f"Download one (e.g. {slip.DOWNLOAD_URL.format(file=example)}) and pass its path: "
-            f"load_backbone({name!r}, pretrained='/path/to/{example}')."
+            f"pretrained='/path/to/{example}' (CLI: --pretrained /path/to/{example})."
         )
     if path is not None:
         _check_checkpoint(path)
@@ -446,7 +454,7 @@ def parameter_count(name: str) -> int:
     """
     models = available_models()
     if name not in models:
-        raise ValueError(f"unknown backbone {name!r}.{_close_matches(name, models)} See available_models().")
+        raise ValueError(_unknown_backbone(name, models))
     if name in slip.SLIP_MODELS:
         model = slip.build_slip_model(slip.SLIP_MODELS[name], device="meta")
     else:

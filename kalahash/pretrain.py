@@ -286,16 +286,20 @@ def _resolve(config: str, world: str | None, output: str | Path | None) -> tuple
         raise ValueError(f"config must be an open_clip model config (built-ins: {known}), got {config!r}")
     if world is None:
         if config not in CONFIG_WORLDS:
-            raise ValueError(f"config {config!r} has no default world: pass world= ({', '.join(WORLDS)})")
+            raise ValueError(
+                f"config {config!r} has no default world: pass world= (CLI: --world) one of {', '.join(WORLDS)}"
+            )
         world = CONFIG_WORLDS[config]
     _world(world)
     if output is None:
         if config not in BUILTIN_WEIGHTS:
-            raise ValueError(f"config {config!r} is not a built-in: pass output= (a .safetensors file)")
+            raise ValueError(
+                f"config {config!r} is not a built-in: pass output= (CLI: --out) a .safetensors file"
+            )
         output = BUILTIN_WEIGHTS[config][1]
     output = Path(output)
     if output.suffix != ".safetensors":
-        raise ValueError(f"output must end in .safetensors, got {str(output)!r}")
+        raise ValueError(f"output= (CLI: --out) must end in .safetensors, got {str(output)!r}")
     if not output.parent.is_dir():
         raise FileNotFoundError(f"output folder {str(output.parent)!r} does not exist: create it first")
     return world, output

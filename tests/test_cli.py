@@ -122,9 +122,12 @@ def test_malformed_list_file_names_file_and_line(tmp_path, capsys):
     assert "gallery.txt" in err and "line 2" in err
 
 
-def test_hp_must_be_key_value(tmp_path):
-    with pytest.raises(SystemExit, match="--hp expects KEY=VALUE"):
-        main(["run", "--hp", "rank", "--results", str(tmp_path / "r.csv")])
+def test_hp_must_be_key_value(tmp_path, capsys):
+    assert main(["run", "--hp", "rank", "--results", str(tmp_path / "r.csv")]) == 2  # a user error exits 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "kalahash run: error: --hp expects KEY=VALUE (e.g. --hp rank=4), got 'rank'"
+    )
 
 
 def test_help_explains_every_option(capsys):
@@ -180,12 +183,13 @@ def test_own_list_files_from_the_cli(tmp_path, capsys):
         "classnames.txt",
     )
     assert main(args[:5] + args[7:]) == 2  # without --train-list
-    assert "dataset 'listfile' needs train_list" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "dataset 'listfile' needs --train-list" in err and "train_list" not in err
 
 
-def test_resume_without_checkpoint_is_an_error(tmp_path):
-    with pytest.raises(SystemExit, match="--resume needs --checkpoint"):
-        main(cli_run_args(tmp_path, "--resume"))
+def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
+    assert main(cli_run_args(tmp_path, "--resume")) == 2
+    assert "kalahash run: error: --resume needs --checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "results.csv").exists()
 
 
@@ -319,3 +323,40 @@ def test_one_class_is_refused_not_scored_as_a_perfect_map(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "has one class ('red')" in err and "mAP 1.0" in err and "at least two classes" in err
     assert not (tmp_path / "results.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "args,cli,python",
+    [
+        (["run", "--dataset", "folder"], "needs --data-root: a folder", "data_root="),
+        (["check-data", "--dataset", "cifar10", "--data-root", "{tmp}/none"], "or fetch it with `kalahash "
+         "check-data --dataset cifar10 --data-root {tmp}/none --download`; needs network", "download=True"),
+        (["run", "--backbone", "ViT-B-99"], "Built in: tiny-shapes, tiny-objects-s", "available_models"),
+        (["run", "--method", "lb", "--knowledge", "random"], "use --knowledge true, the default", "knowledge="),
+    ],
+)  # fmt: skip
+def test_errors_speak_the_cli_to_cli_users(tmp_path, capsys, args, cli, python):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert (
+        main([*args, "--quiet"] if args[0] == "check-data" else [*args, "--results", str(tmp_path / "r.csv")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith(f"kalahash {args[0]}: error: ") and cli.replace("{tmp}", str(tmp_path)) in err
+    assert python not in err and "(CLI:" not in err
+
+
+def test_warnings_print_one_line_without_their_source(tmp_path):
+    """A warning raised during a command is one line naming the command, not file:line plus a code line."""
+    _image_folder(tmp_path / "mine", classes=("cat", "airplane"))
+    done = subprocess.run(
+        [sys.executable, "-m", "kalahash.cli", "run", "--dataset", "folder", "--data-root", str(tmp_path / "mine"),
+         "--backbone", "tiny-objects-m", "--method", "kalahash", "--epochs", "1", "--batch-size", "2", "--quiet",
+         "--cache", "none", "--results", str(tmp_path / "r.csv")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
+    assert warned and warned[0].startswith("kalahash run: warning: backbone 'tiny-objects-m' knows only")
+    assert "never learned: airplane" in warned[0] and "UserWarning" not in done.stderr
+    assert ".py:" not in done.stderr and "warnings.warn(" not in done.stderr

@@ -177,6 +177,6 @@ def test_eval_works_from_another_directory(tmp_path, monkeypatch):
     stored["experiment"]["data_root"] = "data"  # as older checkpoints stored it
     torch.save(stored, ckpt)
     with pytest.raises(
-        FileNotFoundError, match=r"comes from checkpoint .*pass data_root= its folder; CLI: --data-root"
+        FileNotFoundError, match=r"comes from checkpoint .*pass its folder as data_root= \(CLI: --data-root\)"
     ):
         evaluate_checkpoint(ckpt, progress=False)

@@ -17,9 +17,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..experiments import run_experiment, summarize
 
     if args.checkpoint and len(args.seeds) > 1:
-        raise SystemExit("error: --checkpoint takes a single seed")
+        raise ValueError("--checkpoint takes a single seed")
     if args.resume and not args.checkpoint:
-        raise SystemExit("error: --resume needs --checkpoint FILE, the checkpoint to continue")
+        raise ValueError("--resume needs --checkpoint FILE, the checkpoint to continue")
     base = base_config(args, shots=args.shots, bits=args.bits, method=args.method)
     rows = []
     for seed in args.seeds:
@@ -88,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
     except UnnamedDatasetError:
-        raise SystemExit("error: this checkpoint does not name its data set: pass --dataset") from None
+        raise ValueError("this checkpoint does not name its data set: pass --dataset") from None
     print(
         f"mAP@{scores['map_topk']} = {scores['map']:.4f} ({args.ties} ties); "
         + ", ".join(f"{k} = {v:.4f}" for k, v in scores.items() if k.startswith("p_at_"))
@@ -133,6 +133,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         args.dataset,
         args.data_root,
         split_seed=args.split_seed,
+        download=args.download,
         progress=not args.quiet,
         **list_options(args),
     )

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import warnings
+from typing import Any
 
 from . import commands
 from .options import (
@@ -80,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-root", default=None, help="its folder (default: data/<name> or $KALAHASH_DATA/<name>)"
     )
     p.add_argument("--split-seed", type=int, default=0, help="seed of the query/database split (default: 0)")
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch the data set if it is missing (cifar10 only; needs network)",
+    )
     add_list_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=commands.cmd_check_data)
@@ -129,12 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def for_cli(message: str) -> str:
+    """A message in the CLI's spelling. Messages name an argument the Python way with the option in
+    brackets, ``results= (CLI: --results)``, and mark Python-only advice ``(from Python, ...)``; a CLI
+    user reads ``--results`` and no Python."""
+    message = re.sub(r"\b[A-Za-z_]\w*=\S* \(CLI: ([^()]*)\)", r"\1", message)
+    return re.sub(r" ?\(from Python, [^()]*\)", "", message)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    shown = warnings.formatwarning
+
+    def one_line(message: Any, category: type, *_: Any, **__: Any) -> str:
+        return f"kalahash {args.command}: warning: {for_cli(str(message))}\n"
+
+    warnings.formatwarning = one_line  # no source line under a warning
     try:
         return args.func(args)
     except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"kalahash {args.command}: error: {for_cli(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         kept = (
@@ -144,3 +166,5 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"\nkalahash {args.command}: interrupted: {kept}", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = shown

@@ -50,7 +50,7 @@ def _hyperparameters(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"error: --hp expects KEY=VALUE (e.g. --hp rank=4), got {pair!r}")
+            raise ValueError(f"--hp expects KEY=VALUE (e.g. --hp rank=4), got {pair!r}")
         out[key] = _parse_value(value)
     return out
 

@@ -103,8 +103,10 @@ class ExperimentConfig:
         object.__setattr__(self, "hyperparameters", dict(self.hyperparameters))
         given = [name for name in LIST_OPTIONS if getattr(self, name) is not None]
         if self.dataset == "listfile" and len(given) < len(LIST_OPTIONS):
-            missing = ", ".join(n for n in LIST_OPTIONS if n not in given)
-            raise ValueError(f"dataset 'listfile' needs {missing} (CLI: --train-list ... --classnames)")
+            missing = ", ".join(
+                f"{n}= (CLI: --{n.replace('_', '-')})" for n in LIST_OPTIONS if n not in given
+            )
+            raise ValueError(f"dataset 'listfile' needs {missing}")
         if self.dataset != "listfile" and given:
             raise ValueError(
                 f"{', '.join(given)}: options of dataset 'listfile' only, not of {self.dataset!r}"

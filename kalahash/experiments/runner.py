@@ -89,7 +89,7 @@ def run_experiment(
     from ..hashing import build_hasher
 
     if resume and checkpoint is None:
-        raise ValueError("resume=True needs checkpoint=, the file to resume from (CLI: --checkpoint)")
+        raise ValueError("resume=True needs checkpoint= (CLI: --checkpoint), the file to resume from")
     workdir = Path(workdir) if workdir is not None else Path(results or DEFAULT_RESULTS).parent
     if results is not None and not force:
         stored = find_result(cfg, results)

@@ -181,8 +181,9 @@ def check_knowledge_control(method: str, hparams: dict[str, Any], knowledge: Any
     knowledge = check_knowledge_mode(knowledge)
     if knowledge != "true" and not uses_knowledge(method, hparams):
         raise ValueError(
-            f"knowledge={knowledge!r} is a control for methods that read K (clora, kalahash, zeroshot, or "
-            f"any method with kiddo=True); method {method!r} does not: use knowledge='true'"
+            f"knowledge {knowledge!r} is a control for methods that read K (clora, kalahash, zeroshot, or "
+            f"any method with kiddo=True); method {method!r} does not: use knowledge='true' (CLI: "
+            "--knowledge true, the default)"
         )
     return knowledge
 
