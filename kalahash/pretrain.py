@@ -502,16 +502,26 @@ def add_pretrain_tiny_arguments(parser: argparse.ArgumentParser) -> argparse.Arg
     )
     parser.add_argument("--world", default=None, help="shapes or objects10 (default: the config's world)")
     parser.add_argument(
-        "--output",
+        "--out",
+        dest="output",
         type=Path,
         default=None,
         help="weights file (.safetensors; default: the config's built-in)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="initialisation and pre-training pool seed")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimisation steps")
-    parser.add_argument("--batch-size", type=int, default=128, help="image-caption pairs a step")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--output", dest="output", type=Path, help=argparse.SUPPRESS)  # the old spelling
+    parser.add_argument(
+        "--seed", type=int, default=0, help="initialisation and pre-training pool seed (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS, help="optimisation steps (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=128, help="image-caption pairs a step (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=1e-3, help="peak AdamW learning rate (default: %(default)s)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     parser.add_argument(
         "--no-evaluate", dest="evaluate", action="store_false", help="skip the knowledge checks"

@@ -24,11 +24,12 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from .fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_RESULTS = Path("results/results.csv")
 # Numbers a result row must have, finite; other numeric columns must be finite where they are filled.
@@ -153,6 +154,8 @@ def read_results(
 
     Columns named in ``text`` stay strings: left to pandas, a column holding only ``true`` reads as
     booleans and a commit ``1234e56`` as a float, so rows read back would not equal the rows written."""
+    import pandas as pd
+
     path = Path(path)
     scan = _scan(path, check)
     if scan is None:

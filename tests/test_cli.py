@@ -1,3 +1,4 @@
+import argparse
 import json
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import pytest
 from helpers import cli_run_args, tiny_list_dataset
 from PIL import Image
 
-from kalahash.cli import main
+from kalahash.cli import build_parser, main
 from kalahash.data import ShortShotsWarning
 from kalahash.experiments import RowNotWrittenWarning, read_results
 
@@ -136,6 +137,7 @@ def test_help_explains_every_option(capsys):
     out = capsys.readouterr().out
     for option in ("--dataset", "--shots", "--bits", "--method", "--seeds", "--hp", "--ties", "--checkpoint"):
         assert option in out
+    assert "(default: index)" in out
 
 
 def _image_folder(root, per_class: int = 11, classes: tuple[str, ...] = ("cat", "dog")) -> None:
@@ -360,3 +362,68 @@ def test_warnings_print_one_line_without_their_source(tmp_path):
     assert warned and warned[0].startswith("kalahash run: warning: backbone 'tiny-objects-m' knows only")
     assert "never learned: airplane" in warned[0] and "UserWarning" not in done.stderr
     assert ".py:" not in done.stderr and "warnings.warn(" not in done.stderr
+
+
+def _subparsers():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for p in sub.choices.values():
+        if p.later is not None:  # options added when the command is used (pretrain-tiny imports torch)
+            p.later(p)
+            p.later = None
+    return parser, sub.choices
+
+
+def test_every_option_says_what_it_is_and_its_default():
+    silent = (
+        argparse._HelpAction,
+        argparse._VersionAction,
+        argparse._StoreTrueAction,
+        argparse._StoreFalseAction,
+    )
+    for name, p in _subparsers()[1].items():
+        for action in p._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, silent):
+                continue
+            what = action.help.replace("(default: %(default)s)", "").strip() if action.help else ""
+            assert what, f"{name} {action.option_strings or action.dest}: no help"
+            if action.default not in (None, []) and not action.required:
+                assert "default" in action.help, f"{name} {action.option_strings}: default not shown"
+
+
+def test_one_spelling_for_one_thing():
+    commands = _subparsers()[1]
+    options = {name: {o for a in p._actions if a.help != argparse.SUPPRESS for o in a.option_strings}
+               for name, p in commands.items()}  # fmt: skip
+    assert {"--seeds"} <= options["demo"] & options["run"] & options["sweep"] and "--seed" not in options[
+        "demo"
+    ]
+    assert "--out" in options["export"] and "--out" in options["pretrain-tiny"]
+    assert not any("--output" in o for o in options.values())
+    assert "--codes" in options["index"] and "--codes" in options["search"]
+    defaults = {name: (p.get_default("dataset"), p.get_default("backbone")) for name, p in commands.items()}
+    assert defaults["demo"] == defaults["run"] == defaults["sweep"] == ("objects10", "tiny-objects-m")
+    from kalahash.experiments import ExperimentConfig, notebook_settings
+
+    config = ExperimentConfig()
+    assert (config.dataset, config.backbone) == defaults["run"]
+    assert (notebook_settings("smoke")["dataset"], notebook_settings("smoke")["backbone"]) == defaults["run"]
+
+
+def test_old_spellings_still_work(tmp_path):
+    parser = build_parser()
+    assert parser.parse_args(["demo", "--seed", "3"]).seeds == [3]
+    assert parser.parse_args(["export", "--checkpoint", "c", "--output", "x.pt"]).out == "x.pt"
+    assert parser.parse_args(["index", "codes/"]).old_codes == "codes/"
+
+
+def test_version_and_a_quick_help():
+    """`kalahash --version`; `--help` imports none of torch, open_clip or pandas (it answers at once)."""
+    probe = (
+        "import sys\nfrom kalahash.cli import main\nfor argv in (['--help'], ['run', '--help'], ['--version']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'open_clip', 'pandas') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout and "kalahash 0." in done.stdout and "--seeds" in done.stdout

@@ -105,7 +105,7 @@ def test_checkpoint_then_eval_and_export(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(ckpt), "--quiet"]) == 0
     assert f"= {trained_map:.4f}" in capsys.readouterr().out  # the same codes as at the end of training
-    assert main(["export", "--checkpoint", str(ckpt), "--output", str(tmp_path / "merged.pt")]) == 0
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "merged.pt")]) == 0
     merged = torch.load(tmp_path / "merged.pt")["state_dict"]
     assert merged and not any("lora_" in key for key in merged)
 
@@ -130,7 +130,7 @@ def test_run_refuses_to_overwrite_a_checkpoint_unless_forced(tmp_path, capsys, m
     err = capsys.readouterr().err
     assert f"checkpoint file {str(ckpt)!r} already exists and holds a lora run on 'tiny'" in err
     assert "'nuswide', 1 shot(s), seed 42, 16 bits, 1 of 1 epochs" in err
-    assert "--resume" in err and "--force" in err and "resume=True" in err
+    assert "continue it with --resume" in err and "pass --force to" in err and "resume=True" not in err
     assert ckpt.read_bytes() == before and len(pd.read_csv(tmp_path / "results" / "results.csv")) == 1
     (tmp_path / "junk.ckpt").write_text("my notes")
     assert main(["run", *common[:-1], str(tmp_path / "junk.ckpt"), "--method", "lb"]) == 2
@@ -174,7 +174,10 @@ def test_a_notebook_parameter_wins_over_the_profile():
 
 
 def test_list_files_belong_to_the_listfile_dataset():
-    with pytest.raises(ValueError, match="dataset 'listfile' needs query_list, classnames"):
+    with pytest.raises(
+        ValueError,
+        match=r"dataset 'listfile' needs query_list= \(CLI: --query-list\), classnames= \(CLI: --classnames\)",
+    ):
         ExperimentConfig(dataset="listfile", train_list="t.txt", database_list="d.txt")
     with pytest.raises(ValueError, match="train_list: options of dataset 'listfile' only, not of 'nuswide'"):
         ExperimentConfig(dataset="nuswide", train_list="t.txt")

@@ -225,7 +225,7 @@ def test_stored_rows_read_back_as_the_rows_their_runs_returned(tmp_path):
     append_result(fresh[0], path)
     table = read_results(path)
     assert table["knowledge"].tolist() == ["true"] and table["git_commit"].tolist() == ["1234e56"]
-    assert table["dataset"].tolist() == ["shapes"] and table["flags"].tolist() == [""]
+    assert table["dataset"].tolist() == ["objects10"] and table["flags"].tolist() == [""]
     stored = find_result(configs[0], path)
     shared = ("knowledge", "git_commit", "seed", "map", "flags")
     assert {k: stored[k] for k in shared} == {k: fresh[0][k] for k in shared}

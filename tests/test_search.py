@@ -283,7 +283,7 @@ def test_cli_encode_index_search(checkpoints, folder, tmp_path, capsys):
     assert "notes.txt: not an image file" in printed
     assert main(encode_cmd) == 0
     assert "(0 encoded by this call)" in capsys.readouterr().out
-    assert main(["index", str(out), "--kind", "flat"]) == 0
+    assert main(["index", "--codes", str(out), "--kind", "flat"]) == 0
     assert (out / "index.faiss").is_file()
     query, page = folder / "c0" / "06.png", tmp_path / "hits.html"
     capsys.readouterr()

@@ -113,12 +113,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         shots=args.shots,
         bits=args.bits,
         epochs=args.epochs,
-        seed=args.seed,
+        batch_size=args.batch_size,
+        seeds=args.seeds,
         force=args.force,
         progress=not args.quiet,
         cache=cache_folder(args),
     )
     print_table(table)
+    if len(args.seeds) > 1:
+        by_method = table.groupby("method", sort=False)["map"].agg(["mean", "std"]).reset_index()
+        print_table(by_method.rename(columns={"mean": "map mean", "std": "map std (over seeds)"}))
     warn_flags(table)
     print(
         f"figures: {args.out}/demo_map.png, .pdf; table: {args.out}/demo_results.csv; all rows: {args.results}"
@@ -153,7 +157,9 @@ def cmd_pretrain_tiny(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ..experiments import export_checkpoint
 
-    exported = export_checkpoint(args.checkpoint, args.output, pretrained=args.pretrained)
+    if args.out is None:
+        raise ValueError("--out FILE is required: the file to write")
+    exported = export_checkpoint(args.checkpoint, args.out, pretrained=args.pretrained)
     print(
         f"wrote {exported.path}: the {exported.method} run's CLIP weights, adapters folded in (open_clip "
         f"layout: use it as --pretrained {exported.path} with the run's --backbone), and its hash head "

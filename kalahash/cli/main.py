@@ -6,46 +6,65 @@ import argparse
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
+from .. import __version__
+from ..experiments.config import DEFAULT_BACKBONE, DEFAULT_DATASET, DEFAULT_FIGURES
+from ..experiments.notebook import PROFILES
 from . import commands
-from .options import (
-    add_list_args,
-    add_results_args,
-    add_scoring_args,
-    add_setting_args,
-    code_length,
-    positive_int,
-)
+from .options import add_list_args, add_results_args, add_run_shape_args, add_scoring_args, add_setting_args
 from .search import add_search_commands
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """A parser whose arguments may be added when it is first used (``later``): a sub-command whose
+    options live in a module that imports torch keeps ``kalahash --help`` quick."""
+
+    later: Callable[[argparse.ArgumentParser], object] | None = None
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self.later is not None:
+            add, self.later = self.later, None
+            add(self)
+        return super().parse_known_args(args, namespace)
+
+
+def _add_pretrain_tiny_arguments(p: argparse.ArgumentParser) -> None:
     from ..pretrain import add_pretrain_tiny_arguments
 
+    add_pretrain_tiny_arguments(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kalahash",
         description="Knowledge-anchored low-resource adaptation of CLIP for deep hashing (KALAHash, AAAI 2025).",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser(
         "demo", help="LB, FFT, LoRA and KALAHash on the built-in offline world (minutes on a CPU)"
     )
-    p.add_argument("--out", default="figures", help="folder for figures and the table (default: %(default)s)")
+    p.add_argument(
+        "--out",
+        default=str(DEFAULT_FIGURES),
+        help="folder for the figure (demo_map.png, .pdf) and the table (demo_results.csv) (default: "
+        "%(default)s)",
+    )
     add_results_args(p)
     p.add_argument(
-        "--dataset", default="objects10", help="a built-in world: objects10, shapes (default: %(default)s)"
+        "--dataset",
+        default=DEFAULT_DATASET,
+        help="a built-in world: objects10, shapes (default: %(default)s)",
     )
     p.add_argument(
         "--backbone",
-        default="tiny-objects-m",
+        default=DEFAULT_BACKBONE,
         help="a built-in CLIP: tiny-objects-s/m/l (objects10), tiny-shapes (shapes) (default: %(default)s)",
     )
-    p.add_argument("--shots", type=positive_int, default=1, help="(default: %(default)s)")
-    p.add_argument("--bits", type=code_length, default=16, help="(default: %(default)s)")
-    p.add_argument("--epochs", type=positive_int, default=100, help="(default: %(default)s)")
-    p.add_argument("--seed", type=int, default=42, help="(default: %(default)s)")
+    add_run_shape_args(p)
     p.add_argument("--force", action="store_true", help="rerun even if the results table has these runs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=commands.cmd_demo, interrupted=commands.interrupted_grid)
@@ -97,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-create a built-in tiny CLIP's weights (--config tiny-shapes, the default, about 12 min on 2 "
         "idle cores; tiny-objects-s/m/l with --world objects10, 6 to 33 CPU-minutes each)",
     )
-    add_pretrain_tiny_arguments(p)
+    p.later = _add_pretrain_tiny_arguments  # pretrain imports torch: only for this command
     p.set_defaults(func=commands.cmd_pretrain_tiny)
 
     p = sub.add_parser(
@@ -105,8 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="a checkpoint of a lb, fft or plain-LoRA run")
     p.add_argument(
-        "--output", required=True, help="the file to write, loadable with --pretrained (open_clip layout)"
+        "--out",
+        metavar="FILE",
+        help="the file to write, loadable with --pretrained (open_clip layout); required",
     )
+    p.add_argument("--output", dest="out", help=argparse.SUPPRESS)  # the old spelling
     p.add_argument("--pretrained", default=None, help="backbone weights, if not the checkpoint's")
     p.set_defaults(func=commands.cmd_export)
 
@@ -118,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile",
         default="auto",
-        choices=("auto", "smoke", "paper"),
+        choices=("auto", *PROFILES),
         help="smoke: the offline world, minutes on a CPU; paper: CLIP ViT-B/32 on the real data sets; "
         "auto: smoke for the built-in worlds, paper for real data (default: %(default)s)",
     )

@@ -61,7 +61,10 @@ def interrupted_encode(args: argparse.Namespace) -> str:
 def cmd_index(args: argparse.Namespace) -> int:
     from ..search import build_index
 
-    path = build_index(args.codes, args.kind, neighbors=args.neighbors)
+    codes = args.codes or args.old_codes
+    if codes is None:
+        raise ValueError("--codes FOLDER is required: a codes folder written by `kalahash encode`")
+    path = build_index(codes, args.kind, neighbors=args.neighbors)
     print(f"wrote {path} ({args.kind})")
     return 0
 
@@ -125,7 +128,8 @@ def add_search_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_encode, interrupted=interrupted_encode)
 
     p = sub.add_parser("index", help="build a faiss binary index beside a codes folder")
-    p.add_argument("codes", help="a codes folder written by `kalahash encode`")
+    p.add_argument("--codes", metavar="FOLDER", help="a codes folder written by `kalahash encode`; required")
+    p.add_argument("old_codes", nargs="?", help=argparse.SUPPRESS)  # the old spelling: index CODES
     p.add_argument(
         "--kind",
         default="flat",

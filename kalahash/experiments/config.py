@@ -13,6 +13,16 @@ from typing import Any
 from ..presets import LORA_BASELINE, setting_hparams
 
 METHODS = ("lb", "fft", "lora", "clora", "kalahash", "zeroshot")
+# The default world of a run, the demo, the CLI and the notebooks' smoke profile: the offline world built
+# after CIFAR-10 and the 12-block CLIP pre-trained on its captions (README: The offline world).
+DEFAULT_DATASET = "objects10"
+DEFAULT_BACKBONE = "tiny-objects-m"
+# Where runs keep the frozen-prefix token cache (kalahash.cache), relative to the working directory.
+DEFAULT_CACHE = Path("cache/prefix")
+# Where the demo and the notebooks write figures and tables unless told otherwise: beside the results
+# table, a folder git ignores, so that running them never looks like a change to the repository (the
+# committed figures/ are refreshed on purpose: `kalahash reproduce --update-figures`).
+DEFAULT_FIGURES = Path("results/figures")
 # Which preset hyperparameters each method uses; the rest of a preset does not apply to it.
 _METHOD_KEYS = {
     "lb": (),
@@ -60,13 +70,13 @@ class ExperimentConfig:
     seeded with ``seed``. Method ``zeroshot`` trains nothing (``epochs`` is ignored).
     """
 
-    dataset: str = "shapes"
+    dataset: str = DEFAULT_DATASET
     data_root: str | None = None
     shots: int = 1
     bits: int = 16
     method: str = "kalahash"
     loss: str = "dpsh"
-    backbone: str = "tiny-shapes"
+    backbone: str = DEFAULT_BACKBONE
     pretrained: str | None = None
     seed: int = 42
     epochs: int = 100

@@ -10,13 +10,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .config import DEFAULT_BACKBONE, DEFAULT_DATASET
+
 WORLDS = ("shapes", "shapes-multi", "objects10", "objects10-multi")
 # Notebook profiles: "smoke" runs end-to-end on a CPU in minutes on the built-in offline world (CI runs
 # it); "paper" is the paper's setting (CLIP ViT-B/32 with OpenAI weights, 1-8 shots, three seeds).
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
-        "dataset": "objects10",
-        "backbone": "tiny-objects-m",
+        "dataset": DEFAULT_DATASET,
+        "backbone": DEFAULT_BACKBONE,
         "pretrained": None,
         "shots": [1, 2, 4],
         "scaling_shots": [1, 2, 4, 8],
