@@ -187,7 +187,7 @@ def test_project_paths_find_the_repository(tmp_path):
     (tmp_path / "kalahash").mkdir()
     (tmp_path / "notebooks" / "deep").mkdir(parents=True)
     paths = project_paths(tmp_path / "notebooks" / "deep")
-    assert paths["root"] == tmp_path and paths["figures"] == tmp_path / "figures"
+    assert paths["root"] == tmp_path and paths["figures"] == tmp_path / "results" / "figures"
     assert paths["results"] == tmp_path / "results" / "results.csv"
     elsewhere = tmp_path / "notebooks" / "deep" / "x"
     elsewhere.mkdir()

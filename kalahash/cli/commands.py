@@ -171,11 +171,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from ..reproduce import reproduce
 
-    done = reproduce(args.profile, args.only, args.dataset, fresh=args.fresh, kernel=args.kernel)
+    done = reproduce(
+        args.profile,
+        args.only,
+        args.dataset,
+        fresh=args.fresh,
+        kernel=args.kernel,
+        update_figures=args.update_figures,
+    )
     print_table(done.table[["notebook", "status", "seconds", "output"]])
     for line in done.table[done.table["error"] != ""].itertuples():
         print(f"{line.notebook} failed: {line.error}")
     print(f"executed notebooks: {done.run_dir}")
     print(f"figures and tables: {done.figures} ({len(done.figures_written)} files written by this call)")
+    if args.update_figures:
+        print(f"copied {len(done.figures_updated)} of them into the project's figures/")
     print(f"results table: {done.results}")
     return 0 if done.ok else 1

@@ -134,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "reproduce",
-        help="run the notebooks in order through papermill into runs/<timestamp>/ (continues the latest "
-        "unfinished call; finished notebooks and runs are reused)",
+        help="run the notebooks in order through papermill into runs/<timestamp>/, their figures into "
+        "runs/<timestamp>/figures/ (continues the latest unfinished call; finished notebooks and runs are "
+        "reused)",
     )
     p.add_argument(
         "--profile",
@@ -148,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="passed to every notebook (default: the profile's)")
     p.add_argument("--fresh", action="store_true", help="a new runs folder: rerun every notebook")
     p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebooks' own)")
+    p.add_argument(
+        "--update-figures",
+        action="store_true",
+        help="also copy the figures and tables into the project's figures/ (the committed gallery); by "
+        "default they stay in the runs folder, and the repository's files are left as they are",
+    )
     p.set_defaults(
         func=commands.cmd_reproduce,
         interrupted=lambda _: (
