@@ -391,10 +391,12 @@ def search(
     candidates = _candidates(store, code, min(k, len(store.paths)), engine)
     if candidates is None:
         chosen = order_ties(distance, min(k, len(distance)), first=same, score=score)
-    else:  # the same order among the faiss index's hits
-        local = score and (lambda rows: score(candidates[rows]))
+    else:  # the same order among the faiss index's hits and the query's own image
+        candidates = np.union1d(candidates, same)
+        local = None if score is None else (lambda rows: score(candidates[rows]))
         first = np.flatnonzero(np.isin(candidates, same))
-        chosen = candidates[order_ties(distance[candidates], len(candidates), first=first, score=local)]
+        order = order_ties(distance[candidates], len(candidates), first=first, score=local)
+        chosen = candidates[order][:k]
     tied = np.bincount(distance, minlength=store.meta["model"]["bits"] + 1)
     return [
         Hit(r + 1, int(distance[i]), store.image_path(int(i)), int(tied[distance[i]]), bool(np.isin(i, same)))
@@ -481,14 +483,14 @@ def tie_note(hits: Sequence[Hit], rerank: bool = False) -> str | None:
     if last.tied <= shown:
         return None
     order = (
-        "ordered by the query's real-valued code (--rerank)"
+        "then the query's real-valued code decides (--rerank)"
         if rerank
-        else "the query's own image first, then collection order (--rerank orders them by the query's "
-        "real-valued code)"
+        else "then collection order (--rerank: the query's real-valued code)"
     )
     return (
-        f"the last hit is in a tie: {last.tied} images are at distance {last.distance}, {shown} of them shown "
-        f"({order}); --k {len(hits) - shown + last.tied} shows them all"
+        f"the last hit is in a tie: {last.tied} images are at distance {last.distance}, {shown} of them shown; "
+        f"--k {len(hits) - shown + last.tied} shows them all. Within a distance the query's own image comes "
+        f"first, {order}."
     )
 
 

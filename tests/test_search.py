@@ -228,6 +228,8 @@ def test_the_query_is_its_own_first_hit_and_the_tie_is_reported(checkpoints, twi
     assert f"{len(tied)} images are at distance 0" in captured.err
     assert f"{len(tied)} images are at distance 0" in (tmp_path / "p.html").read_text()
     assert search_module.tie_note(search(out, query, k=len(tied))) is None  # the whole tie shown
+    build_index(out, "flat")  # the faiss index's hits are ordered the same way, the query's image first
+    assert search(out, query, k=3, engine="index")[0].path == query
 
 
 def test_rerank_orders_each_tie_by_the_querys_real_valued_code(checkpoints, folder, tmp_path):
