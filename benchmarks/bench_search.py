@@ -16,7 +16,14 @@ Everything runs on ``--threads`` threads (default 1: timings on a shared machine
 thread keeps the comparison about the algorithms); the fast parts report the best of ``--repeat`` runs,
 the bare pass and ours interleaved.
 
+``--ties`` measures instead what breaking ties on purpose does to retrieval quality: a hasher trained
+briefly on a built-in world (default: ``lb`` on ``objects10`` with ``tiny-objects-m``, 1 shot, 16 bits),
+its query and database codes, and precision@k of the world's queries with ties in collection order
+(``kalahash search``'s default), the exact expectation over tie orders, and ``--rerank`` (ties ordered by
+the query's real-valued code, ``kalahash.hamming.order_ties``).
+
     python benchmarks/bench_search.py [--quick] [--threads N]
+    python benchmarks/bench_search.py --ties [--method lb] [--epochs 100]
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import faiss
 import numba
 import numpy as np
 
-from kalahash.hamming import distances, pack_words, topk
+from kalahash.hamming import distances, order_ties, pack_words, topk
 
 _BARE_CHUNK = 16  # queries per chunk of the bare pass: a 16 x n_db buffer, reused
 
@@ -67,6 +74,60 @@ def bare_numba(q: np.ndarray, db: np.ndarray) -> None:
         distances(rows, db, out=out[: rows.shape[0]], engine="numba")
 
 
+def tie_precision(args: argparse.Namespace) -> None:
+    """Precision@k on a built-in world: ties by index, their expectation, and re-ranked ties."""
+    import torch
+
+    from kalahash.backbones import load_backbone
+    from kalahash.data import few_shot_split, load_dataset
+    from kalahash.embeddings import embed
+    from kalahash.hashing import build_hasher
+    from kalahash.metrics import precision_at_k
+    from kalahash.train import fit
+
+    torch.set_flush_denormal(True)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    data = load_dataset(args.world)
+    hasher = build_hasher(args.method, load_backbone(args.backbone), data.classnames, args.bits)
+    began = time.perf_counter()
+    fit(hasher, few_shot_split(data, args.shots, seed=0), epochs=args.epochs, batch_size=8, progress=False)
+    query, database = embed(hasher, data.query), embed(hasher, data.database)
+    hasher.eval()
+    with torch.no_grad():
+        u = hasher.head(torch.from_numpy(query.features)).float().numpy()
+    assert np.array_equal(np.where(u > 0, 1, -1), query.codes), "u must be what the codes are the signs of"
+    q = pack_words(np.packbits(query.codes > 0, axis=1))
+    db = np.ascontiguousarray(pack_words(np.packbits(database.codes > 0, axis=1)).T)
+    dist = distances(q, db)
+    relevant = (query.labels.astype(np.int64) @ database.labels.T.astype(np.int64)) > 0
+    scores = u.astype(np.float64) @ database.codes.T.astype(np.float64)
+    print(
+        f"{args.world}, {args.backbone}, {args.method}, {args.shots} shot, {args.bits} bits, {args.epochs} epochs "
+        f"({time.perf_counter() - began:.0f} s to train and encode): {len(query.codes)} queries, "
+        f"{len(database.codes)} database images, {len(np.unique(database.codes, axis=0))} distinct codes"
+    )
+    print(
+        f"{'k':>5}  {'P@k ties by index':>18}  {'expected over tie orders':>24}  {'--rerank':>9}  k-th hit tied"
+    )
+    for k in args.ks:
+        by_index, reranked, tied = [], [], []
+        for i in range(len(q)):
+            by_index.append(relevant[i, order_ties(dist[i], k)].mean())
+            reranked.append(relevant[i, order_ties(dist[i], k, score=scores[i])].mean())
+            kth = np.partition(dist[i], k - 1)[k - 1]
+            tied.append(int((dist[i] == kth).sum()))
+        average = precision_at_k(
+            query.codes, query.labels, database.codes, database.labels, k, ties="average"
+        )
+        index = precision_at_k(query.codes, query.labels, database.codes, database.labels, k, ties="index")
+        assert abs(index - np.mean(by_index)) < 1e-9, "order_ties without a score is the index rule"
+        print(
+            f"{k:>5}  {np.mean(by_index):>18.4f}  {average:>24.4f}  {np.mean(reranked):>9.4f}  "
+            f"median {int(np.median(tied))} images"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -76,7 +137,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="runs of each fast part; the best counts")
     parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node (default: 32)")
     parser.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth (default: 128)")
+    parser.add_argument("--ties", action="store_true", help="precision@k of tie orders on a built-in world")
+    parser.add_argument("--world", default="objects10", help="--ties: built-in world (default: objects10)")
+    parser.add_argument("--backbone", default="tiny-objects-m", help="--ties: (default: tiny-objects-m)")
+    parser.add_argument("--method", default="lb", help="--ties: method trained (default: lb)")
+    parser.add_argument("--shots", type=int, default=1, help="--ties: shots per class (default: 1)")
+    parser.add_argument("--bits", type=int, default=16, help="--ties: code length (default: 16)")
+    parser.add_argument("--epochs", type=int, default=100, help="--ties: training epochs (default: 100)")
+    parser.add_argument("--ks", type=int, nargs="+", default=[20, 100], help="--ties: k of P@k (20 100)")
     args = parser.parse_args()
+    if args.ties:
+        tie_precision(args)
+        return
     n_db, n_query = (100_000, 200) if args.quick else (1_000_000, 1000)
     bits, k = 64, 100
     numba.set_num_threads(args.threads)

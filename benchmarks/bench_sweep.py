@@ -23,7 +23,13 @@ import time
 
 import torch
 
-from kalahash.experiments import ExperimentConfig, expand_grid, run_experiment
+from kalahash.experiments import (
+    DEFAULT_BACKBONE,
+    DEFAULT_DATASET,
+    ExperimentConfig,
+    expand_grid,
+    run_experiment,
+)
 from kalahash.train import PrefixCache
 
 
@@ -44,10 +50,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--backbone",
-        default="tiny-objects-m",
+        default=DEFAULT_BACKBONE,
         help="a built-in tiny CLIP (tiny-objects-m, tiny-shapes, ...) or an open_clip name (random init)",
     )
-    parser.add_argument("--dataset", default="objects10", help="a built-in world: objects10 or shapes")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, help="a built-in world: objects10 or shapes")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     epochs = 20 if args.quick else 100

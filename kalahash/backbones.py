@@ -12,9 +12,11 @@ import difflib
 import hashlib
 import logging
 import os
+import re
+import socket
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,8 @@ __all__ = [
     "SplitAttention",
     "TimmSplitAttention",
     "TimmTower",
+    "UnknownWordsWarning",
+    "WeightsUnavailableError",
     "available_models",
     "expand_compact_state",
     "image_tower",
@@ -75,6 +79,10 @@ BUILTIN_WEIGHTS: dict[str, tuple[str, Path]] = {
 COMPACT_ROWS, COMPACT_IDS = "token_embedding.rows", "token_embedding.ids"
 RANDOM = "random"
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+class UnknownWordsWarning(UserWarning):
+    """Class prompts use words a built-in tiny CLIP never learned: their text embeddings carry no meaning."""
 
 
 class CompactTokenEmbedding(nn.Module):
@@ -151,6 +159,7 @@ class Backbone:
     embed_dim: int
     width: int
     fingerprint: str
+    vocabulary: frozenset[int] | None = None  # token ids with trained rows (compact weights); None: all
     _knowledge_cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -189,6 +198,17 @@ class Backbone:
             self.model.train(was_training)
         return self._knowledge_cache[key].clone()
 
+    def unknown_words(self, texts: Sequence[str]) -> list[str]:
+        """The words of ``texts`` this model has no trained token rows for (a built-in tiny CLIP knows
+        only its world's caption vocabulary; the rest of its table is zeros), in order of appearance."""
+        if self.vocabulary is None:
+            return []
+        words = dict.fromkeys(w for text in texts for w in re.findall(r"[^\W_]+|[^\w\s]", text.lower()))
+        encode = getattr(self.tokenizer, "encode", None)
+        if encode is None:
+            return []
+        return [w for w in words if not set(encode(w)) <= self.vocabulary]
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Raw projected CLS features (not normalised), as the hash head sees them."""
         return self.model.encode_image(images)
@@ -197,6 +217,14 @@ class Backbone:
 def _close_matches(name: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(name, choices, n=5, cutoff=0.5)
     return f" Close matches: {', '.join(close)}." if close else ""
+
+
+def _unknown_backbone(name: str, models: list[str]) -> str:
+    return (
+        f"unknown backbone {name!r}.{_close_matches(name, models)} Built in: {', '.join(BUILTIN_WEIGHTS)}, "
+        f"{', '.join(slip.SLIP_MODELS)}; open_clip's models, e.g. ViT-B-32, ViT-B-16, ViT-L-14 (from Python, "
+        "kalahash.backbones.available_models lists them all)."
+    )
 
 
 def available_models() -> list[str]:
@@ -235,17 +263,65 @@ def _check_weights_only(path: Path, name: str) -> None:
         ) from err
 
 
-def _offline_message(name: str, tag: str) -> str:
-    cfg = open_clip.get_pretrained_cfg(name, tag)
-    sources = [
-        s for s in (cfg.get("hf_hub") and f"Hugging Face hub repo {cfg['hf_hub']}", cfg.get("url")) if s
-    ]
-    where = " or ".join(sources) if sources else "its source"
+class WeightsUnavailableError(ConnectionError):
+    """The pretrained weights of a tag are not in the local cache and cannot be downloaded from here."""
+
+
+def _weights_source(config: str, tag: str) -> tuple[str, str, str | None]:
+    """Where open_clip would fetch a tag's weights (host, download address, cached file or None), the
+    Hugging Face hub first, as open_clip prefers it."""
+    from urllib.parse import urlparse
+
+    cfg = open_clip.get_pretrained_cfg(config, tag)
+    hub = cfg.get("hf_hub") if open_clip.pretrained.has_hf_hub() else None
+    if hub:
+        import huggingface_hub
+        from huggingface_hub import constants
+
+        repo, name = os.path.split(hub)
+        names = [name] if name else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        cached = (huggingface_hub.try_to_load_from_cache(repo, n) for n in names)
+        found = next((c for c in cached if isinstance(c, str)), None)
+        return (
+            urlparse(constants.ENDPOINT).netloc,
+            f"{constants.ENDPOINT}/{repo}/resolve/main/{names[-1]}",
+            found,
+        )
+    url = cfg.get("url", "")
+    cached = Path("~/.cache/clip").expanduser() / os.path.basename(url)  # open_clip's URL cache
+    return urlparse(url).netloc, url, str(cached) if url and cached.is_file() else None
+
+
+def _check_weights_reachable(name: str, config: str, tag: str) -> None:
+    """Refuse at once, in one line, a tag whose weights are neither cached nor downloadable (offline),
+    instead of a minute of download retries and chained tracebacks."""
+    from urllib.request import getproxies
+
+    from huggingface_hub import constants
+
+    host, url, cached = _weights_source(config, tag)
+    if cached is not None or not host:
+        return
+    if constants.HF_HUB_OFFLINE and url.startswith(constants.ENDPOINT):
+        reason = "HF_HUB_OFFLINE is set"
+    elif "https" in getproxies():  # through a proxy only the download itself can tell
+        return
+    else:
+        name_part, _, port = host.partition(":")
+        try:
+            socket.create_connection((name_part, int(port or 443)), timeout=5).close()
+            return
+        except OSError as err:
+            reason = f"{host} cannot be reached ({err})"
+    raise WeightsUnavailableError(_unavailable_message(name, tag, url, reason))
+
+
+def _unavailable_message(name: str, tag: str, url: str, reason: str) -> str:
+    file = os.path.basename(url) or "weights.bin"
     return (
-        f"could not download the pretrained weights '{tag}' for model '{name}' from {where}. "
-        "Are you offline? On a machine with internet, download the weights file, copy it here and pass "
-        f"its path instead: load_backbone({name!r}, pretrained='/path/to/weights.bin'). "
-        "Without weights, pretrained=None gives a randomly initialised model."
+        f"cannot fetch the pretrained weights {tag!r} of {name!r}: {reason}, and they are not in the local "
+        f"cache. On a machine with internet download {url}, copy it here and pass the file: "
+        f"pretrained='/path/to/{file}' (CLI: --pretrained /path/to/{file})"
     )
 
 
@@ -272,7 +348,7 @@ def load_backbone(
     """
     models = available_models()
     if name not in models:
-        raise ValueError(f"unknown backbone {name!r}.{_close_matches(name, models)} See available_models().")
+        raise ValueError(_unknown_backbone(name, models))
     if name in slip.SLIP_MODELS:
         return _load_slip_backbone(name, pretrained, device)
     tag: str | None = None if pretrained is None else os.fspath(pretrained)
@@ -301,6 +377,7 @@ def load_backbone(
             )
         if open_clip.get_pretrained_cfg(config, tag).get("quick_gelu"):
             kwargs["force_quick_gelu"] = True
+        _check_weights_reachable(name, config, tag)
 
     try:
         compact = _read_compact(Path(tag)) if tag is not None and _looks_like_path(tag) else None
@@ -321,7 +398,9 @@ def load_backbone(
                 "the model name."
             ) from err
         if tag is not None:
-            raise RuntimeError(_offline_message(config, tag)) from err
+            _, url, _ = _weights_source(config, tag)
+            reason = f"the download failed ({type(err).__name__})"
+            raise WeightsUnavailableError(_unavailable_message(name, tag, url, reason)) from err
         raise
     fingerprint = state_fingerprint(model)  # of the weights as open_clip stores them, before the split
     if split_attention(model.visual) == 0:
@@ -338,6 +417,7 @@ def load_backbone(
         embed_dim=model.visual.output_dim,
         width=transformer.width,
         fingerprint=fingerprint,
+        vocabulary=None if compact is None else frozenset(compact[COMPACT_IDS].tolist()),
     )
 
 
@@ -350,7 +430,7 @@ def _load_slip_backbone(name: str, pretrained: str | os.PathLike | None, device:
         raise ValueError(
             f"{name!r} loads its weights from a local SLIP checkpoint file, not a tag ({str(path)!r}). "
             f"Download one (e.g. {slip.DOWNLOAD_URL.format(file=example)}) and pass its path: "
-            f"load_backbone({name!r}, pretrained='/path/to/{example}')."
+            f"pretrained='/path/to/{example}' (CLI: --pretrained /path/to/{example})."
         )
     if path is not None:
         _check_checkpoint(path)
@@ -394,7 +474,7 @@ def parameter_count(name: str) -> int:
     """
     models = available_models()
     if name not in models:
-        raise ValueError(f"unknown backbone {name!r}.{_close_matches(name, models)} See available_models().")
+        raise ValueError(_unknown_backbone(name, models))
     if name in slip.SLIP_MODELS:
         model = slip.build_slip_model(slip.SLIP_MODELS[name], device="meta")
     else:

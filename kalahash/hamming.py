@@ -3,7 +3,9 @@
 Codes are packed into unsigned words (:func:`pack_words`); a query block is laid out ``(n, words)`` and
 a database ``(words, n)`` so that each word row is contiguous. :func:`topk` returns, per query, the K
 nearest database items ordered by (distance, database index): the ``ties="index"`` rule of
-:mod:`kalahash.metrics`. :func:`distances` is the bare XOR + popcount pass.
+:mod:`kalahash.metrics`. :func:`distances` is the bare XOR + popcount pass. :func:`order_ties` ranks
+one query's distances with ties broken on purpose (the query's own image first, then by a score), as
+image search does.
 
 Why a compiled kernel: distances are small integers, so a top-K needs no sort, and numpy must write
 every distance to memory and then histogram or sort it (several passes over a query x database matrix).
@@ -23,6 +25,7 @@ use, and caches it on disk.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 
@@ -34,7 +37,7 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; the fallback keeps results exact
     numba = None
 
-__all__ = ["ENGINES", "default_engine", "distances", "pack_words", "topk"]
+__all__ = ["ENGINES", "default_engine", "distances", "order_ties", "pack_words", "topk"]
 
 ENGINES = ("numba", "numpy")
 # Database items per tile: a tile of codes and its distances stay in L1 while a block of queries uses it.
@@ -160,6 +163,38 @@ def distances(
             _popcount(buf, out=count)
             np.add(out, count, out=out)
     return out
+
+
+def order_ties(
+    distance: np.ndarray,
+    k: int,
+    *,
+    first: np.ndarray | None = None,
+    score: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
+    """The ``k`` nearest items of one query with its ties broken on purpose, not by index alone.
+
+    Order: distance; then the items of ``first`` (e.g. the query's own image); then higher ``score``
+    (e.g. the query's real-valued code against each item's ±1 code: asymmetric re-ranking); then index.
+    ``distance`` holds the query's distance to every item; ``score`` is an array of the same length, or
+    a function of an index array (called only on the items at or within the k-th distance).
+    """
+    distance = np.asarray(distance)
+    if distance.ndim != 1:
+        raise ValueError(f"distance must be one query's distances (1-D), got shape {distance.shape}")
+    n = distance.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= n:
+        raise ValueError(f"k must be an integer from 1 to the number of items {n}, got {k!r}")
+    kth = np.partition(distance, k - 1)[k - 1]
+    candidates = np.flatnonzero(distance <= kth)
+    keys = [candidates]
+    if score is not None:
+        values = score(candidates) if callable(score) else np.asarray(score)[candidates]
+        keys.append(-np.asarray(values, dtype=np.float64))
+    if first is not None and len(first):
+        keys.append(~np.isin(candidates, np.asarray(first)))
+    keys.append(distance[candidates])
+    return candidates[np.lexsort(keys)[:k]]
 
 
 def _engine(engine: str | None) -> str:

@@ -26,7 +26,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if count == 0:
             raise ValueError(
                 f"device {str(device)!r}: this machine has no CUDA device (torch.cuda.is_available() is "
-                "False): use device 'cpu' (CLI: --device cpu) or leave it unset"
+                "False): use device='cpu' (CLI: --device cpu) or leave it unset"
             )
         if resolved.index is not None and resolved.index >= count:
             raise ValueError(

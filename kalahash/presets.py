@@ -42,6 +42,11 @@ _BORROWED = {
     "objects10": "cifar10",
     "objects10-multi": "nuswide",
 }
+# The controls of the class-text knowledge K a run may take (hyperparameter ``knowledge``; what each
+# does: kalahash.hashing.knowledge). Here, in the lightest module, so the CLI lists them without torch.
+KNOWLEDGE_MODES = ("true", "permuted", "random")
+# The backbone the release tuned on (open_clip name, pretrained tag): only runs on it are "released".
+RELEASED_BACKBONE = ("ViT-B-32", "openai")
 # Plain LoRA baseline: the release's default model config before per-setting overrides.
 LORA_BASELINE = {"rank": 8, "strength": 0.5}
 # For data sets the release has no setting for (a user's own): that default config and the paper's
@@ -72,8 +77,11 @@ def _nearest_released(shots: int) -> int:
     return min(RELEASED_SHOTS, key=lambda s: (abs(s - shots), s))
 
 
-def preset(dataset: str, shots: int, bits: int) -> Preset:
-    """Hyperparameters of ``kalahash`` (CLoRA + KIDDO) for one setting, with where they come from."""
+def preset(dataset: str, shots: int, bits: int, backbone: tuple[str, str | None] | None = None) -> Preset:
+    """Hyperparameters of ``kalahash`` (CLoRA + KIDDO) for one setting, with where they come from.
+
+    ``backbone`` (name, pretrained) is the run's: values are ``released`` only on
+    :data:`RELEASED_BACKBONE` (None: the backbone is not part of the question)."""
     base = _BORROWED.get(dataset, dataset)
     if base not in _RELEASED:
         known = ", ".join(sorted([*_RELEASED, *_BORROWED]))
@@ -91,24 +99,30 @@ def preset(dataset: str, shots: int, bits: int) -> Preset:
         "kiddo_beta": beta,
         "kiddo_gamma": gamma,
     }
-    if base == dataset and shots == near and bits == 16:
-        source = "released"
-    else:
-        reasons = []
-        if base != dataset:
-            reasons.append(f"borrowed from {base}")
-        if shots != near:
-            reasons.append(f"values of the released {near}-shot setting")
-        if bits != 16:
-            reasons.append("released values are for 16 bits")
-        source = "ours: " + "; ".join(reasons)
+    reasons = []
+    if base != dataset:
+        reasons.append(f"borrowed from {base}")
+    if shots != near:
+        reasons.append(f"values of the released {near}-shot setting")
+    if bits != 16:
+        reasons.append("released values are for 16 bits")
+    if backbone is not None and tuple(backbone) != RELEASED_BACKBONE:
+        name, pretrained = backbone
+        reasons.append(
+            f"released for CLIP {RELEASED_BACKBONE[0]} ({RELEASED_BACKBONE[1]}), used with {name}"
+            + (f" ({pretrained})" if pretrained else "")
+        )
+    source = "ours: " + "; ".join(reasons) if reasons else "released"
     return Preset(dataset, shots, bits, hparams, source)
 
 
-def setting_hparams(dataset: str, shots: int, bits: int) -> Preset:
-    """The preset of a setting; for a data set without presets, the release's defaults, marked so."""
+def setting_hparams(
+    dataset: str, shots: int, bits: int, backbone: tuple[str, str | None] | None = None
+) -> Preset:
+    """The preset of a setting (on ``backbone``, see :func:`preset`); for a data set without presets,
+    the release's defaults, marked so."""
     if _BORROWED.get(dataset, dataset) in _RELEASED:
-        return preset(dataset, shots, bits)
+        return preset(dataset, shots, bits, backbone)
     source = f"{DEFAULTS_SOURCE} (no released setting for {dataset!r})"
     return Preset(dataset, shots, bits, dict(RELEASE_DEFAULTS), source)
 

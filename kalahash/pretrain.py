@@ -286,16 +286,20 @@ def _resolve(config: str, world: str | None, output: str | Path | None) -> tuple
         raise ValueError(f"config must be an open_clip model config (built-ins: {known}), got {config!r}")
     if world is None:
         if config not in CONFIG_WORLDS:
-            raise ValueError(f"config {config!r} has no default world: pass world= ({', '.join(WORLDS)})")
+            raise ValueError(
+                f"config {config!r} has no default world: pass world= (CLI: --world) one of {', '.join(WORLDS)}"
+            )
         world = CONFIG_WORLDS[config]
     _world(world)
     if output is None:
         if config not in BUILTIN_WEIGHTS:
-            raise ValueError(f"config {config!r} is not a built-in: pass output= (a .safetensors file)")
+            raise ValueError(
+                f"config {config!r} is not a built-in: pass output= (CLI: --out) a .safetensors file"
+            )
         output = BUILTIN_WEIGHTS[config][1]
     output = Path(output)
     if output.suffix != ".safetensors":
-        raise ValueError(f"output must end in .safetensors, got {str(output)!r}")
+        raise ValueError(f"output= (CLI: --out) must end in .safetensors, got {str(output)!r}")
     if not output.parent.is_dir():
         raise FileNotFoundError(f"output folder {str(output.parent)!r} does not exist: create it first")
     return world, output
@@ -498,16 +502,26 @@ def add_pretrain_tiny_arguments(parser: argparse.ArgumentParser) -> argparse.Arg
     )
     parser.add_argument("--world", default=None, help="shapes or objects10 (default: the config's world)")
     parser.add_argument(
-        "--output",
+        "--out",
+        dest="output",
         type=Path,
         default=None,
         help="weights file (.safetensors; default: the config's built-in)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="initialisation and pre-training pool seed")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimisation steps")
-    parser.add_argument("--batch-size", type=int, default=128, help="image-caption pairs a step")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--output", dest="output", type=Path, help=argparse.SUPPRESS)  # the old spelling
+    parser.add_argument(
+        "--seed", type=int, default=0, help="initialisation and pre-training pool seed (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS, help="optimisation steps (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=128, help="image-caption pairs a step (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=1e-3, help="peak AdamW learning rate (default: %(default)s)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     parser.add_argument(
         "--no-evaluate", dest="evaluate", action="store_false", help="skip the knowledge checks"

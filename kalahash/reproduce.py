@@ -4,13 +4,17 @@ A call continues the latest runs folder made for the same request (profile and d
 that finished there, from the same source, is reused; one that failed, was interrupted, changed or was
 never run is run. ``fresh`` starts a new folder. Inside a notebook, finished experiments come back from
 the results table (``results/results.csv``), so even a fresh call only pays for what is new. The
-notebooks write their figures and tables to ``figures/`` of the project themselves.
+notebooks write their figures and tables to ``figures/`` of the runs folder (through
+``$KALAHASH_FIGURES``, :func:`kalahash.experiments.project_paths`), so a reproduction leaves the
+repository's files as they are; ``update_figures`` then copies them into the project's ``figures/``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from .experiments import project_paths
+from .experiments.notebook import FIGURES_VARIABLE
 from .fileio import atomic_write_text
 
 MANIFEST = "manifest.json"
@@ -29,13 +34,15 @@ PROFILES = ("auto", "smoke", "paper")
 @dataclass(frozen=True)
 class Reproduction:
     """What a :func:`reproduce` call did: its runs folder, a line per notebook (``table``: notebook,
-    status ran/reused/failed, seconds, output, error), and where figures and results are."""
+    status ran/reused/failed, seconds, output, error), where figures and results are, the figures this
+    call wrote, and those it copied into the project's ``figures/`` (``update_figures``)."""
 
     run_dir: Path
     table: pd.DataFrame
     figures: Path
     results: Path
     figures_written: list[Path]
+    figures_updated: list[Path]
 
     @property
     def ok(self) -> bool:
@@ -119,14 +126,18 @@ def reproduce(
     root: str | Path | None = None,
     fresh: bool = False,
     kernel: str | None = None,
+    update_figures: bool = False,
     log: Callable[[str], None] = print,
 ) -> Reproduction:
     """Run the project's notebooks in order with ``-p profile`` (and ``-p dataset``) into a runs folder.
 
     ``root`` is the project (default: the one holding the working directory); notebooks come from its
     ``notebooks/``, run with the project as working directory, and their executed copies go to
-    ``runs/<timestamp>/``. ``only`` keeps the notebooks with those name prefixes. A failed notebook is
-    recorded and the next one runs. ``log`` gets a line as each notebook starts and ends.
+    ``runs/<timestamp>/``, their figures and tables to ``runs/<timestamp>/figures/``. ``only`` keeps the
+    notebooks with those name prefixes. A failed notebook is recorded and the next one runs. With
+    ``update_figures`` the runs folder's figures (those of reused notebooks too) are then copied into the
+    project's ``figures/``, the committed gallery (CLI: ``--update-figures``). ``log`` gets a line as
+    each notebook starts and ends.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
@@ -139,6 +150,40 @@ def reproduce(
     manifest = _read_manifest(run_dir) if previous else {"request": request, "notebooks": {}}
     parameters = {"profile": profile, **({"dataset": dataset} if dataset is not None else {})}
     began = time.time()
+    figures = run_dir / "figures"
+    previous_figures = os.environ.get(FIGURES_VARIABLE)
+    os.environ[FIGURES_VARIABLE] = str(figures)  # the notebooks' kernels inherit it
+    try:
+        lines = _run_notebooks(notebooks, manifest, run_dir, parameters, root, kernel, log)
+    finally:
+        if previous_figures is None:
+            os.environ.pop(FIGURES_VARIABLE, None)
+        else:
+            os.environ[FIGURES_VARIABLE] = previous_figures
+    table = pd.DataFrame(lines)
+    table.insert(3, "output", [str(run_dir / n) for n in table["notebook"]])
+    made = sorted(p for p in figures.glob("*") if p.is_file()) if figures.is_dir() else []
+    written = [p for p in made if p.stat().st_mtime >= began]
+    updated = _copy_figures(made, root / "figures") if update_figures else []
+    return Reproduction(run_dir, table, figures, paths["results"], written, updated)
+
+
+def _copy_figures(made: list[Path], gallery: Path) -> list[Path]:
+    """Copy a runs folder's figures and tables into the project's ``figures/`` (the committed gallery)."""
+    gallery.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(path, gallery / path.name)) for path in made]
+
+
+def _run_notebooks(
+    notebooks: list[Path],
+    manifest: dict[str, Any],
+    run_dir: Path,
+    parameters: dict[str, Any],
+    root: Path,
+    kernel: str | None,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Run (or reuse) each notebook in order, recording it in the manifest; a line per notebook."""
     lines = []
     for i, source in enumerate(notebooks, 1):
         output = run_dir / source.name
@@ -169,8 +214,4 @@ def reproduce(
         log(
             f"[{i}/{len(notebooks)}] {source.name}: {status} in {seconds} s" + (f": {error}" if error else "")
         )
-    table = pd.DataFrame(lines)
-    table.insert(3, "output", [str(run_dir / n) for n in table["notebook"]])
-    figures = paths["figures"]
-    written = sorted(p for p in figures.glob("*") if p.is_file() and p.stat().st_mtime >= began)
-    return Reproduction(run_dir, table, figures, paths["results"], written)
+    return lines

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import tempfile
 import time
 import types
 import typing
@@ -23,11 +24,12 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from .fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_RESULTS = Path("results/results.csv")
 # Numbers a result row must have, finite; other numeric columns must be finite where they are filled.
@@ -41,6 +43,10 @@ RowCheck = Callable[[Mapping[str, str]], "str | None"]
 
 class DamagedRowWarning(UserWarning):
     """A row of a results table is damaged (cut, unparsable or inconsistent) and is not used."""
+
+
+class RowNotWrittenWarning(UserWarning):
+    """A finished run's row could not be appended to its results table; it was printed and kept elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,8 @@ def read_results(
 
     Columns named in ``text`` stay strings: left to pandas, a column holding only ``true`` reads as
     booleans and a commit ``1234e56`` as a float, so rows read back would not equal the rows written."""
+    import pandas as pd
+
     path = Path(path)
     scan = _scan(path, check)
     if scan is None:
@@ -206,6 +214,50 @@ def append_result(
         head = _line(header) if (scan is None or new) else scan.header_text.rstrip("\r") + "\n"
         body = "".join(line + "\n" for line in lines)
         atomic_write_text(path, head + body + _line([_cell(k, row.get(k, "")) for k in header]))
+
+
+def check_writable(folder: str | os.PathLike, what: str, option: str) -> None:
+    """Refuse a folder that cannot be written before a run spends its time: make it, then create and
+    remove a file in it. ``what`` names its use and ``option`` the argument that chooses it, for the
+    message (e.g. "results table results/results.csv", "results= (CLI: --results)")."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".kalahash-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        blocked = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        why = (
+            f"{str(blocked)!r} is a file, not a folder"
+            if blocked is not None
+            else f"folder {str(folder)!r} is not writable ({type(err).__name__}: {err.strerror or err})"
+        )
+        raise PermissionError(
+            f"the {what} cannot be written: {why}; make it writable or choose another with {option}"
+        ) from err
+
+
+def keep_unwritten_row(row: Mapping[str, Any], path: str | os.PathLike, error: OSError) -> None:
+    """The row of a run whose results table could not be written: saved as a one-row table in the
+    working directory (else the temporary folder) and shown in a :class:`RowNotWrittenWarning`, so the
+    run is not lost."""
+    text = _line(list(row)) + _line([_cell(k, v) for k, v in row.items()])
+    name = f"kalahash-unsaved-row-{row.get('config_id', 'run')}.csv"
+    saved = None
+    for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+        try:
+            saved = atomic_write_text(folder / name, text)
+            break
+        except OSError:
+            continue
+    where = f"saved as a one-row table in {saved}" if saved else "it could not be saved anywhere either"
+    warnings.warn(
+        f"could not append this run's row to {path} ({type(error).__name__}: {error}); {where}. The row:\n"
+        f"{text.rstrip()}",
+        RowNotWrittenWarning,
+        stacklevel=3,
+    )
 
 
 def find_row(config_id: str, table: pd.DataFrame) -> dict[str, Any] | None:

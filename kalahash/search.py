@@ -3,8 +3,10 @@
 Three steps, each a function here and a ``kalahash`` sub-command: :func:`encode_folder` (``kalahash
 encode``) encodes every image under a folder into a codes folder (:mod:`kalahash.codestore` describes
 it); :func:`build_index` (``kalahash index``) adds a faiss binary index beside the codes; :func:`search`
-(``kalahash search``) ranks the collection for a query image by Hamming distance, with the same engine
-as the mAP (:func:`kalahash.hamming.topk`); :func:`write_html` shows the hits as thumbnails.
+(``kalahash search``) ranks the collection for a query image by Hamming distance, with the Hamming
+engine of the mAP (:mod:`kalahash.hamming`), ties broken on purpose (:func:`kalahash.hamming.order_ties`:
+the query's own image first; ``rerank`` by the query's real-valued code) and reported (:func:`tie_note`);
+:func:`write_html` shows the hits as thumbnails.
 
 Codes are only comparable under the model that made them, so encoding into a folder made by another
 model, or searching it with another checkpoint, is refused, naming both models. Under ``torchrun`` (an
@@ -14,6 +16,7 @@ initialised ``torch.distributed`` group) every rank encodes its share of each ch
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -37,9 +40,10 @@ from .checkpoints import hasher_from_checkpoint, load_checkpoint
 from .codestore import CodeSet, Records, consolidate, load_codes, plan_encode, write_part
 from .data import open_image
 from .fileio import atomic_write, atomic_write_text
-from .hamming import pack_words, topk
+from .hamming import distances, order_ties, pack_words
 from .hashing import sign
 from .loader import default_workers
+from .machine import resolve_device
 
 __all__ = [
     "ENGINES",
@@ -53,6 +57,7 @@ __all__ = [
     "load_codes",
     "model_identity",
     "search",
+    "tie_note",
     "write_html",
 ]
 
@@ -62,25 +67,37 @@ ENGINES = ("exact", "index")
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: its rank (from 1), Hamming distance to the query and image path."""
+    """One search result: its rank (from 1), Hamming distance to the query and image path; ``tied``:
+    how many images of the collection are at this distance (16-bit codes tie heavily); ``identical``:
+    the query's own image (same file, or same content)."""
 
     rank: int
     distance: int
     path: Path
+    tied: int = 1
+    identical: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "distance": self.distance, "path": str(self.path)}
+        return {
+            "rank": self.rank,
+            "distance": self.distance,
+            "path": str(self.path),
+            "tied": self.tied,
+            "identical": self.identical,
+        }
 
 
 @dataclass(frozen=True)
 class EncodeReport:
-    """What :func:`encode_folder` did: images with codes now, encoded by this call, and every file of
-    the folder without a code (``{"path", "reason"}``: not an image, or unreadable)."""
+    """What :func:`encode_folder` did: images with codes now, encoded by this call, every file of the
+    folder without a code (``{"path", "reason"}``: not an image, or unreadable), and whether a faiss
+    index built from the earlier codes was removed (the codes changed: ``kalahash index`` again)."""
 
     out: Path
     count: int
     encoded: int
     skipped: list[dict[str, str]]
+    index_removed: bool = False
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -106,9 +123,15 @@ def _load_hasher(
 ) -> nn.Module:
     """The checkpoint's hasher in eval mode, by default on this process's CUDA device (under torchrun,
     the rank's) or the CPU."""
-    if device is None:
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
-    return hasher_from_checkpoint(payload, pretrained, device).eval()
+    return hasher_from_checkpoint(payload, pretrained, _device(device)).eval()
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    """The given device, checked (a CUDA device the machine lacks is refused with what to do, not
+    blamed on the weights), or this process's CUDA device (under torchrun, the rank's), or the CPU."""
+    if device is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return resolve_device(device)
 
 
 class _ImageFiles(Dataset):
@@ -249,6 +272,7 @@ def encode_folder(
     for name, value in {"batch_size": batch_size, "chunk_size": chunk_size}.items():
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    device = _device(device)
     rank, world = _rank_world()
     root, out = Path(images).resolve(), Path(out).resolve()
     if not root.is_dir():
@@ -280,10 +304,12 @@ def encode_folder(
     report: Any = None
     if rank == 0:
         try:
+            indexed = (out / "index.faiss").exists()
             view = consolidate(
                 out, root, model, plan, checkpoint=str(Path(checkpoint).resolve()), pretrained=pretrained
             )
-            report = EncodeReport(out, len(view.paths), encoded, view.meta["skipped"])
+            removed = indexed and not (out / "index.faiss").exists()
+            report = EncodeReport(out, len(view.paths), encoded, view.meta["skipped"], removed)
         except (ValueError, OSError) as err:
             report = err
     return _from_rank0(report, world)
@@ -326,6 +352,7 @@ def search(
     *,
     checkpoint: str | os.PathLike | None = None,
     engine: str = "exact",
+    rerank: bool = False,
     pretrained: str | None = None,
     device: str | torch.device | None = None,
 ) -> list[Hit]:
@@ -333,15 +360,19 @@ def search(
     (CLI: ``kalahash search``).
 
     The query is encoded with ``checkpoint`` (default: the one that made the codes); codes made by
-    another model are refused. ``engine="exact"`` ranks with kalahash's Hamming engine (ties in
-    collection order; a query from the collection comes back at distance 0), which is faster than
+    another model are refused. Within one distance, the query's own image (the same file, or a file
+    with the same content) comes first, then the collection's order; with ``rerank`` the images of a
+    tie are ordered by the query's real-valued code u (higher u·b first: the bits they differ on are
+    those the query is least sure of). Each hit says how many images share its distance
+    (:func:`tie_note` words it). ``engine="exact"`` ranks with kalahash's Hamming engine, faster than
     faiss's exact index (benchmarks/bench_search.py); ``"index"`` asks the faiss index of
-    :func:`build_index` (for an HNSW index: approximate).
+    :func:`build_index` (for an HNSW index: approximate) for the candidates, ordered the same way.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    device = _device(device)
     store = load_codes(codes)
     checkpoint = checkpoint or store.meta["checkpoint"]
     payload = load_checkpoint(checkpoint)
@@ -356,39 +387,123 @@ def search(
     if not Path(query).is_file():
         raise FileNotFoundError(f"query image {str(query)!r} does not exist")
     hasher = _load_hasher(payload, pretrained or store.meta.get("pretrained"), device)
-    code, errors = _encode_files(hasher, [Path(query)], batch_size=1, workers=0)
-    if errors[0]:
-        raise ValueError(f"query image {str(query)!r} cannot be used: {errors[0]}")
+    code, u = _encode_query(hasher, Path(query))
     if not store.paths:
         return []
-    index, distance = _nearest(store, code, min(k, len(store.paths)), engine)
+    distance = distances(pack_words(code), np.ascontiguousarray(pack_words(store.codes).T))[0]
+    same = _same_image(store, Path(query), distance)
+    score = (lambda rows: _real_valued_score(store.codes[rows], u)) if rerank else None
+    candidates = _candidates(store, code, min(k, len(store.paths)), engine)
+    if candidates is None:
+        chosen = order_ties(distance, min(k, len(distance)), first=same, score=score)
+    else:  # the same order among the faiss index's hits and the query's own image
+        candidates = np.union1d(candidates, same)
+        local = None if score is None else (lambda rows: score(candidates[rows]))
+        first = np.flatnonzero(np.isin(candidates, same))
+        order = order_ties(distance[candidates], len(candidates), first=first, score=local)
+        chosen = candidates[order][:k]
+    tied = np.bincount(distance, minlength=store.meta["model"]["bits"] + 1)
     return [
-        Hit(r + 1, int(d), store.image_path(int(i)))
-        for r, (i, d) in enumerate(zip(index, distance, strict=True))
+        Hit(r + 1, int(distance[i]), store.image_path(int(i)), int(tied[distance[i]]), bool(np.isin(i, same)))
+        for r, i in enumerate(chosen)
     ]
 
 
-def _nearest(store: CodeSet, code: np.ndarray, k: int, engine: str) -> tuple[np.ndarray, np.ndarray]:
+def _encode_query(hasher: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The query's packed code (1, bytes) and its real-valued code u (bits,), from which the sign is taken."""
+    image, reason = _ImageFiles([path], hasher.backbone.preprocess)[0]
+    if image is None:
+        raise ValueError(f"query image {str(path)!r} cannot be used: {reason}")
+    with torch.no_grad(), device_autocast(hasher.backbone.device):
+        u = hasher(image[None].to(hasher.backbone.device)).float()
+    return np.packbits((sign(u) > 0).cpu().numpy(), axis=1), u[0].cpu().numpy()
+
+
+def _real_valued_score(packed: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """u·b of the query's real-valued code u with each packed ±1 code b (asymmetric re-ranking)."""
+    bits = np.unpackbits(packed, axis=1)[:, : u.shape[0]].astype(np.float64)
+    return (2.0 * bits - 1.0) @ u.astype(np.float64)
+
+
+def _same_image(store: CodeSet, query: Path, distance: np.ndarray) -> np.ndarray:
+    """Indices of the collection's copies of the query: the same file, or (among the codes equal to
+    the query's) a file of the same size and content."""
+    query = query.resolve()
+    found = set()
+    try:
+        rel = query.relative_to(store.root.resolve()).as_posix()
+    except ValueError:
+        rel = None
+    if rel is not None and rel in store.paths:
+        found.add(store.paths.index(rel))
+    size, digest = query.stat().st_size, None
+    for i in np.flatnonzero(distance == 0).tolist():
+        path = store.image_path(i)
+        try:
+            if i in found or path.stat().st_size != size:
+                continue
+        except OSError:  # gone since encoding: not the query
+            continue
+        digest = digest or _file_digest(query)
+        if _file_digest(path) == digest:
+            found.add(i)
+    return np.array(sorted(found), dtype=np.int64)
+
+
+def _file_digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _candidates(store: CodeSet, code: np.ndarray, k: int, engine: str) -> np.ndarray | None:
+    """None for the exact engine (every image is a candidate), else the faiss index's k hits."""
     if engine == "exact":
-        index, distance = topk(pack_words(code), np.ascontiguousarray(pack_words(store.codes).T), k)
-        return index[0], distance[0]
-    built = store.meta.get("index")
+        return None
+    built, bits = store.meta.get("index"), store.meta["model"]["bits"]
+    if built is None and bits % 8:
+        raise ValueError(
+            f"the codes in {store.folder} have {bits} bits, and faiss indexes need a multiple of 8: search "
+            'them with engine="exact" (CLI: --engine exact, the default)'
+        )
     if built is None:
-        raise ValueError(f"no faiss index in {store.folder}: run `kalahash index {store.folder}` first")
+        raise ValueError(
+            f"no faiss index in {store.folder}: run `kalahash index --codes {store.folder}` first"
+        )
     import faiss
 
     faiss_index = faiss.read_index_binary(str(store.folder / "index.faiss"))
     if built["kind"] == "hnsw":
         faiss_index.hnsw.efSearch = max(faiss_index.hnsw.efSearch, 2 * k)
-    distance, index = faiss_index.search(code, k)
-    found = index[0] >= 0
-    order = np.lexsort((index[0][found], distance[0][found]))  # ties in collection order, as exact search
-    return index[0][found][order], distance[0][found][order]
+    _, index = faiss_index.search(code, k)
+    return np.sort(index[0][index[0] >= 0])
 
 
-def write_html(hits: Sequence[Hit], out: str | os.PathLike, query: str | os.PathLike | None = None) -> Path:
+def tie_note(hits: Sequence[Hit], rerank: bool = False) -> str | None:
+    """A sentence when the last hit sits inside a tie that goes on past it (None otherwise): how large
+    the tie is, how it was ordered and which --k shows all of it."""
+    if not hits:
+        return None
+    last = hits[-1]
+    shown = sum(h.distance == last.distance for h in hits)
+    if last.tied <= shown:
+        return None
+    order = (
+        "then the query's real-valued code decides (--rerank)"
+        if rerank
+        else "then collection order (--rerank: the query's real-valued code)"
+    )
+    return (
+        f"the last hit is in a tie: {last.tied} images are at distance {last.distance}, {shown} of them shown; "
+        f"--k {len(hits) - shown + last.tied} shows them all. Within a distance the query's own image comes "
+        f"first, {order}."
+    )
+
+
+def write_html(
+    hits: Sequence[Hit], out: str | os.PathLike, query: str | os.PathLike | None = None, rerank: bool = False
+) -> Path:
     """A page of thumbnails (embedded, so it opens anywhere): the query, then rank, distance and path
-    of each hit."""
+    of each hit, and :func:`tie_note` when the last hit is in a tie (``rerank``: how it was ordered)."""
 
     def thumb(path: Path) -> str:
         try:
@@ -404,10 +519,14 @@ def write_html(hits: Sequence[Hit], out: str | os.PathLike, query: str | os.Path
     def card(image: Path, caption: str) -> str:
         return f"<figure>{thumb(image)}<figcaption>{caption}</figcaption></figure>"
 
-    cards = [
-        card(h.path, f"#{h.rank} &middot; distance {h.distance}<br>{html.escape(str(h.path))}") for h in hits
-    ]
+    def caption(h: Hit) -> str:
+        same = " &middot; the query's image" if h.identical else ""
+        return f"#{h.rank} &middot; distance {h.distance}{same}<br>{html.escape(str(h.path))}"
+
+    cards = [card(h.path, caption(h)) for h in hits]
     head = card(Path(query), f"query<br>{html.escape(str(query))}") if query is not None else ""
+    note = tie_note(hits, rerank)
+    head += f"<p class='ties'>{html.escape(note)}</p>" if note else ""
     page = (
         "<!doctype html><meta charset='utf-8'><title>kalahash search</title><style>"
         "body{font-family:sans-serif}figure{display:inline-block;width:180px;margin:6px;vertical-align:top}"

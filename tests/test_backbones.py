@@ -7,11 +7,13 @@ from helpers import fresh_tiny
 
 from kalahash.backbones import (
     SplitAttention,
+    WeightsUnavailableError,
     load_backbone,
     open_clip_state_dict,
     split_attention,
     state_fingerprint,
 )
+from kalahash.cli import main
 
 
 @pytest.mark.parametrize("name,size", [("tiny", 32), ("ViT-B-32", 224)])
@@ -127,12 +129,50 @@ def test_wrong_architecture_checkpoint(tmp_path):
         load_backbone("tiny-shapes", pretrained=path)
 
 
-def test_offline_download_says_what_to_do(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(
-        RuntimeError, match=r"(?s)could not download.*'openai'.*ViT-B-32.*pretrained='/path/to"
-    ):
+@pytest.fixture
+def offline(monkeypatch):
+    """No cached copy of any hub file, no network, and no download attempt allowed."""
+    import socket
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    def unreachable(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(
+        open_clip, "create_model_and_transforms", lambda *a, **k: pytest.fail("tried to download")
+    )
+    return constants
+
+
+def test_an_offline_tag_is_refused_at_once_saying_how_to_pass_a_file(offline):
+    with pytest.raises(WeightsUnavailableError) as caught:
         load_backbone("ViT-B-32", pretrained="openai")
+    message = str(caught.value)
+    assert (
+        "cannot fetch the pretrained weights 'openai' of 'ViT-B-32': huggingface.co cannot be reached"
+        in message
+    )
+    assert "/timm/vit_base_patch32_clip_224.openai/resolve/main/open_clip_pytorch_model.bin" in message
+    assert (
+        message.endswith("(CLI: --pretrained /path/to/open_clip_pytorch_model.bin)") and "\n" not in message
+    )
+    offline.HF_HUB_OFFLINE = True
+    with pytest.raises(WeightsUnavailableError, match="'openai' of 'ViT-B-32': HF_HUB_OFFLINE is set"):
+        load_backbone("ViT-B-32", pretrained="openai")
+
+
+def test_the_cli_says_it_in_one_line(offline, tmp_path, capsys):
+    args = ["run", "--dataset", "shapes", "--backbone", "ViT-B-32", "--pretrained", "openai", "--quiet",
+            "--results", str(tmp_path / "r.csv"), "--cache", "none"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "cannot fetch the pretrained weights 'openai'" in err and "--pretrained /path/to/" in err
 
 
 def test_open_clip_layout_loads_into_open_clip():

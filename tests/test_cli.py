@@ -1,3 +1,4 @@
+import argparse
 import json
 import subprocess
 import sys
@@ -8,8 +9,9 @@ import pytest
 from helpers import cli_run_args, tiny_list_dataset
 from PIL import Image
 
-from kalahash.cli import main
+from kalahash.cli import build_parser, main
 from kalahash.data import ShortShotsWarning
+from kalahash.experiments import RowNotWrittenWarning, read_results
 
 
 def test_run_writes_a_row_and_skips_a_repeat(tmp_path, capsys, monkeypatch):
@@ -75,8 +77,11 @@ def test_short_few_shot_set_runs_and_is_recorded_unless_strict(tmp_path, capsys,
     "args,message",
     [
         (["run", "--dataset", "imagenette"], "unknown dataset 'imagenette'"),
-        (["run", "--shots", "0"], "--shots must be a positive integer"),
-        (["run", "--bits", "-16"], "--bits must be a positive integer"),
+        (["run", "--shots", "0"], "argument --shots: must be a positive integer, got '0'"),
+        (["run", "--bits", "-16"], "argument --bits: bits must be a positive multiple of 8"),
+        (["run", "--bits", "7"], "argument --bits: bits must be a positive multiple of 8"),
+        (["sweep", "--bits", "16", "12"], "argument --bits: bits must be a positive multiple of 8"),
+        (["demo", "--bits", "7"], "argument --bits: bits must be a positive multiple of 8"),
         (["run", "--loss", "triplet", "--backbone", "tiny", "--epochs", "1"], "triplet"),
         (["check-data", "--dataset", "cifar10", "--data-root", "{tmp}/nothing"], "cifar-10-python.tar.gz"),
         (["eval", "--checkpoint", "{tmp}/missing.ckpt"], "does not exist"),
@@ -85,9 +90,12 @@ def test_short_few_shot_set_runs_and_is_recorded_unless_strict(tmp_path, capsys,
 def test_bad_input_gives_a_clear_error(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    if args[0] == "run":
+    if args[0] in ("run", "sweep", "demo"):
         args += ["--results", str(tmp_path / "r.csv"), "--quiet"]
-    assert main(args) == 2
+    try:
+        assert main(args) == 2
+    except SystemExit as stop:  # argparse's errors exit 2 too
+        assert stop.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r.csv").exists()  # nothing written half-way
 
@@ -115,9 +123,12 @@ def test_malformed_list_file_names_file_and_line(tmp_path, capsys):
     assert "gallery.txt" in err and "line 2" in err
 
 
-def test_hp_must_be_key_value(tmp_path):
-    with pytest.raises(SystemExit, match="--hp expects KEY=VALUE"):
-        main(["run", "--hp", "rank", "--results", str(tmp_path / "r.csv")])
+def test_hp_must_be_key_value(tmp_path, capsys):
+    assert main(["run", "--hp", "rank", "--results", str(tmp_path / "r.csv")]) == 2  # a user error exits 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "kalahash run: error: --hp expects KEY=VALUE (e.g. --hp rank=4), got 'rank'"
+    )
 
 
 def test_help_explains_every_option(capsys):
@@ -126,15 +137,16 @@ def test_help_explains_every_option(capsys):
     out = capsys.readouterr().out
     for option in ("--dataset", "--shots", "--bits", "--method", "--seeds", "--hp", "--ties", "--checkpoint"):
         assert option in out
+    assert "(default: index)" in out
 
 
-def _image_folder(root, per_class: int = 11) -> None:
+def _image_folder(root, per_class: int = 11, classes: tuple[str, ...] = ("cat", "dog")) -> None:
     """A user's own images, one folder per class (the folder loader keeps 10 per class as queries)."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for name in ("cat", "dog"):
+    for name in classes:
         (root / name).mkdir(parents=True)
         for i in range(per_class):
             Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
@@ -173,12 +185,13 @@ def test_own_list_files_from_the_cli(tmp_path, capsys):
         "classnames.txt",
     )
     assert main(args[:5] + args[7:]) == 2  # without --train-list
-    assert "dataset 'listfile' needs train_list" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "dataset 'listfile' needs --train-list" in err and "train_list" not in err
 
 
-def test_resume_without_checkpoint_is_an_error(tmp_path):
-    with pytest.raises(SystemExit, match="--resume needs --checkpoint"):
-        main(cli_run_args(tmp_path, "--resume"))
+def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
+    assert main(cli_run_args(tmp_path, "--resume")) == 2
+    assert "kalahash run: error: --resume needs --checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "results.csv").exists()
 
 
@@ -247,3 +260,170 @@ def test_the_command_runs_as_a_module_as_torchrun_starts_it():
         [sys.executable, "-m", "kalahash.cli", "encode"], capture_output=True, text=True, timeout=120
     )
     assert wrong.returncode == 2 and "--checkpoint" in wrong.stderr
+
+
+def test_an_unwritable_results_folder_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    import kalahash.experiments.runner as runner
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plain-file").write_text("not a folder")
+    monkeypatch.setattr(runner, "fit", lambda *a, **k: pytest.fail("trained before checking the results"))
+    args = cli_run_args(tmp_path, "--method", "lb")
+    args[args.index("--results") + 1] = str(tmp_path / "plain-file" / "results.csv")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "results table" in err and "cannot be written" in err and "--results" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_row_that_cannot_be_appended_is_printed_and_kept(tmp_path, capsys, monkeypatch):
+    import kalahash.results_table as table
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self.lock_path))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(table.Locked, "__enter__", refuse)  # the folder turned read-only during the run
+    with pytest.warns(RowNotWrittenWarning, match=r"could not append this run's row to .*results.csv.lock"):
+        assert main(cli_run_args(tmp_path / "r", "--method", "lb")) == 0
+    out = capsys.readouterr().out
+    assert "seed 42: mAP@" in out  # the run's result is printed, not lost in a traceback
+    [saved] = tmp_path.glob("kalahash-unsaved-row-*.csv")
+    row = read_results(saved).iloc[0]
+    assert f"= {row['map']:.4f}" in out and row["method"] == "lb"
+    assert not (tmp_path / "r" / "results.csv").exists()
+
+
+def test_ctrl_c_in_run_says_what_was_kept_and_how_to_go_on(tmp_path, capsys, monkeypatch):
+    import kalahash.experiments.runner as runner
+
+    real = runner.evaluate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    ckpt = tmp_path / "run.ckpt"
+    monkeypatch.setattr(runner, "evaluate", interrupted)  # Ctrl-C after the last epoch was saved
+    assert main(cli_run_args(tmp_path, "--method", "lb", "--checkpoint", str(ckpt))) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"kalahash run: interrupted: {ckpt} holds the last finished epoch")
+    assert "--resume" in err and len(err.splitlines()) == 1
+    monkeypatch.setattr(runner, "evaluate", real)
+    assert main(cli_run_args(tmp_path, "--method", "lb", "--checkpoint", str(ckpt), "--resume")) == 0
+    assert "re-scored" in capsys.readouterr().out
+    monkeypatch.setattr(runner, "evaluate", interrupted)
+    assert main(cli_run_args(tmp_path, "--method", "lora")) == 130
+    assert "--checkpoint FILE saves every epoch" in capsys.readouterr().err
+
+
+def test_one_class_is_refused_not_scored_as_a_perfect_map(tmp_path, capsys):
+    _image_folder(tmp_path / "mine", per_class=30, classes=("red",))
+    args = ["run", "--dataset", "folder", "--data-root", str(tmp_path / "mine"), "--method", "lb",
+            "--backbone", "tiny", "--epochs", "1", "--quiet", "--cache", "none",
+            "--results", str(tmp_path / "results.csv")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "has one class ('red')" in err and "mAP 1.0" in err and "at least two classes" in err
+    assert not (tmp_path / "results.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "args,cli,python",
+    [
+        (["run", "--dataset", "folder"], "needs --data-root: a folder", "data_root="),
+        (["check-data", "--dataset", "cifar10", "--data-root", "{tmp}/none"], "or fetch it with `kalahash "
+         "check-data --dataset cifar10 --data-root {tmp}/none --download`; needs network", "download=True"),
+        (["run", "--backbone", "ViT-B-99"], "Built in: tiny-shapes, tiny-objects-s", "available_models"),
+        (["run", "--method", "lb", "--knowledge", "random"], "use --knowledge true, the default", "knowledge="),
+    ],
+)  # fmt: skip
+def test_errors_speak_the_cli_to_cli_users(tmp_path, capsys, args, cli, python):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert (
+        main([*args, "--quiet"] if args[0] == "check-data" else [*args, "--results", str(tmp_path / "r.csv")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith(f"kalahash {args[0]}: error: ") and cli.replace("{tmp}", str(tmp_path)) in err
+    assert python not in err and "(CLI:" not in err
+
+
+def test_warnings_print_one_line_without_their_source(tmp_path):
+    """A warning raised during a command is one line naming the command, not file:line plus a code line."""
+    _image_folder(tmp_path / "mine", classes=("cat", "airplane"))
+    done = subprocess.run(
+        [sys.executable, "-m", "kalahash.cli", "run", "--dataset", "folder", "--data-root", str(tmp_path / "mine"),
+         "--backbone", "tiny-objects-m", "--method", "kalahash", "--epochs", "1", "--batch-size", "2", "--quiet",
+         "--cache", "none", "--results", str(tmp_path / "r.csv")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
+    assert warned and warned[0].startswith("kalahash run: warning: backbone 'tiny-objects-m' knows only")
+    assert "never learned: airplane" in warned[0] and "UserWarning" not in done.stderr
+    assert ".py:" not in done.stderr and "warnings.warn(" not in done.stderr
+
+
+def _subparsers():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for p in sub.choices.values():
+        if p.later is not None:  # options added when the command is used (pretrain-tiny imports torch)
+            p.later(p)
+            p.later = None
+    return parser, sub.choices
+
+
+def test_every_option_says_what_it_is_and_its_default():
+    silent = (
+        argparse._HelpAction,
+        argparse._VersionAction,
+        argparse._StoreTrueAction,
+        argparse._StoreFalseAction,
+    )
+    for name, p in _subparsers()[1].items():
+        for action in p._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, silent):
+                continue
+            what = action.help.replace("(default: %(default)s)", "").strip() if action.help else ""
+            assert what, f"{name} {action.option_strings or action.dest}: no help"
+            if action.default not in (None, []) and not action.required:
+                assert "default" in action.help, f"{name} {action.option_strings}: default not shown"
+
+
+def test_one_spelling_for_one_thing():
+    commands = _subparsers()[1]
+    options = {name: {o for a in p._actions if a.help != argparse.SUPPRESS for o in a.option_strings}
+               for name, p in commands.items()}  # fmt: skip
+    assert {"--seeds"} <= options["demo"] & options["run"] & options["sweep"] and "--seed" not in options[
+        "demo"
+    ]
+    assert "--out" in options["export"] and "--out" in options["pretrain-tiny"]
+    assert not any("--output" in o for o in options.values())
+    assert "--codes" in options["index"] and "--codes" in options["search"]
+    defaults = {name: (p.get_default("dataset"), p.get_default("backbone")) for name, p in commands.items()}
+    assert defaults["demo"] == defaults["run"] == defaults["sweep"] == ("objects10", "tiny-objects-m")
+    from kalahash.experiments import ExperimentConfig, notebook_settings
+
+    config = ExperimentConfig()
+    assert (config.dataset, config.backbone) == defaults["run"]
+    assert (notebook_settings("smoke")["dataset"], notebook_settings("smoke")["backbone"]) == defaults["run"]
+
+
+def test_old_spellings_still_work(tmp_path):
+    parser = build_parser()
+    assert parser.parse_args(["demo", "--seed", "3"]).seeds == [3]
+    assert parser.parse_args(["export", "--checkpoint", "c", "--output", "x.pt"]).out == "x.pt"
+    assert parser.parse_args(["index", "codes/"]).old_codes == "codes/"
+
+
+def test_version_and_a_quick_help():
+    """`kalahash --version`; `--help` imports none of torch, open_clip or pandas (it answers at once)."""
+    probe = (
+        "import sys\nfrom kalahash.cli import main\nfor argv in (['--help'], ['run', '--help'], ['--version']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'open_clip', 'pandas') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout and "kalahash 0." in done.stdout and "--seeds" in done.stdout

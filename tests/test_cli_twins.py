@@ -53,15 +53,18 @@ def test_evaluate_checkpoint_reproduces_the_run(runs):
     assert (cut["map_topk"], cut["ties"]) == (3, "average")
 
 
-def test_evaluate_checkpoint_needs_a_data_set_name(runs, tmp_path):
+def test_evaluate_checkpoint_needs_a_data_set_name(runs, tmp_path, capsys):
     hasher = build_hasher("lb", fresh_tiny(0), ["cat", "dog"], 16)
     bare = save_checkpoint(tmp_path / "bare.ckpt", hasher)  # written outside a run: no experiment
     with pytest.raises(UnnamedDatasetError, match="does not name its data set: pass dataset"):
         evaluate_checkpoint(bare, progress=False)
     scores = evaluate_checkpoint(bare, dataset="nuswide", data_root=runs["root"], progress=False)
     assert 0 <= scores["map"] <= 1 and scores["database_codes"].shape == (6, 16)
-    with pytest.raises(SystemExit, match="error: this checkpoint does not name its data set: pass --dataset"):
-        main(["eval", "--checkpoint", str(bare), "--quiet"])  # the CLI keeps its message and exit
+    assert main(["eval", "--checkpoint", str(bare), "--quiet"]) == 2  # the CLI's message, a user error's exit
+    assert (
+        "kalahash eval: error: this checkpoint does not name its data set: pass --dataset"
+        in capsys.readouterr().err
+    )
 
 
 def test_export_checkpoint_folds_lora_and_refuses_clora(runs, tmp_path):
@@ -177,6 +180,6 @@ def test_eval_works_from_another_directory(tmp_path, monkeypatch):
     stored["experiment"]["data_root"] = "data"  # as older checkpoints stored it
     torch.save(stored, ckpt)
     with pytest.raises(
-        FileNotFoundError, match=r"comes from checkpoint .*pass data_root= its folder; CLI: --data-root"
+        FileNotFoundError, match=r"comes from checkpoint .*pass its folder as data_root= \(CLI: --data-root\)"
     ):
         evaluate_checkpoint(ckpt, progress=False)

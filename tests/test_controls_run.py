@@ -107,7 +107,7 @@ def test_cli_knowledge_option(tmp_path, capsys, monkeypatch):
     assert exit_info.value.code == 2
     assert "argument --knowledge: invalid choice: 'bogus'" in capsys.readouterr().err
     assert main(cli_run_args(tmp_path, "--method", "lb", "--knowledge", "permuted", epochs=1)) == 2
-    assert "method 'lb' does not: use knowledge='true'" in capsys.readouterr().err
+    assert "method 'lb' does not: use --knowledge true, the default" in capsys.readouterr().err
 
 
 def test_cli_warns_about_flagged_runs(tmp_path, capsys, monkeypatch):

@@ -105,7 +105,7 @@ def test_checkpoint_then_eval_and_export(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(ckpt), "--quiet"]) == 0
     assert f"= {trained_map:.4f}" in capsys.readouterr().out  # the same codes as at the end of training
-    assert main(["export", "--checkpoint", str(ckpt), "--output", str(tmp_path / "merged.pt")]) == 0
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "merged.pt")]) == 0
     merged = torch.load(tmp_path / "merged.pt")["state_dict"]
     assert merged and not any("lora_" in key for key in merged)
 
@@ -114,6 +114,30 @@ def test_checkpoint_then_eval_and_export(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["export", "--checkpoint", str(clora), "--output", str(tmp_path / "no.pt")]) == 2
     assert "CLoRA" in capsys.readouterr().err and not (tmp_path / "no.pt").exists()
+
+
+def test_run_refuses_to_overwrite_a_checkpoint_unless_forced(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "data"
+    tiny_list_dataset(root, duplicate_query_into_database=False)
+    ckpt = tmp_path / "run.ckpt"
+    common = ["--dataset", "nuswide", "--data-root", str(root), "--backbone", "tiny", "--epochs", "1",
+              "--batch-size", "2", "--quiet", "--checkpoint", str(ckpt)]  # fmt: skip
+    assert main(["run", *common, "--method", "lora"]) == 0
+    before = ckpt.read_bytes()
+    capsys.readouterr()
+    assert main(["run", *common, "--method", "lb"]) == 2  # another method would overwrite the lora run
+    err = capsys.readouterr().err
+    assert f"checkpoint file {str(ckpt)!r} already exists and holds a lora run on 'tiny'" in err
+    assert "'nuswide', 1 shot(s), seed 42, 16 bits, 1 of 1 epochs" in err
+    assert "continue it with --resume" in err and "pass --force to" in err and "resume=True" not in err
+    assert ckpt.read_bytes() == before and len(pd.read_csv(tmp_path / "results" / "results.csv")) == 1
+    (tmp_path / "junk.ckpt").write_text("my notes")
+    assert main(["run", *common[:-1], str(tmp_path / "junk.ckpt"), "--method", "lb"]) == 2
+    assert "holds something else" in capsys.readouterr().err
+    assert (tmp_path / "junk.ckpt").read_text() == "my notes"
+    assert main(["run", *common, "--method", "lb", "--force"]) == 0
+    assert load_checkpoint(ckpt)["method"] == "lb"
 
 
 def test_notebook_settings_pick_the_profile():
@@ -150,7 +174,10 @@ def test_a_notebook_parameter_wins_over_the_profile():
 
 
 def test_list_files_belong_to_the_listfile_dataset():
-    with pytest.raises(ValueError, match="dataset 'listfile' needs query_list, classnames"):
+    with pytest.raises(
+        ValueError,
+        match=r"dataset 'listfile' needs query_list= \(CLI: --query-list\), classnames= \(CLI: --classnames\)",
+    ):
         ExperimentConfig(dataset="listfile", train_list="t.txt", database_list="d.txt")
     with pytest.raises(ValueError, match="train_list: options of dataset 'listfile' only, not of 'nuswide'"):
         ExperimentConfig(dataset="nuswide", train_list="t.txt")
@@ -160,7 +187,7 @@ def test_project_paths_find_the_repository(tmp_path):
     (tmp_path / "kalahash").mkdir()
     (tmp_path / "notebooks" / "deep").mkdir(parents=True)
     paths = project_paths(tmp_path / "notebooks" / "deep")
-    assert paths["root"] == tmp_path and paths["figures"] == tmp_path / "figures"
+    assert paths["root"] == tmp_path and paths["figures"] == tmp_path / "results" / "figures"
     assert paths["results"] == tmp_path / "results" / "results.csv"
     elsewhere = tmp_path / "notebooks" / "deep" / "x"
     elsewhere.mkdir()

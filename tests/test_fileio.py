@@ -26,3 +26,13 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
         raise RuntimeError("disk full")
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path):
+    """A table made read-only (or private) stays so after an atomic rewrite, not the default mode."""
+    path = tmp_path / "results.csv"
+    for mode in (0o444, 0o600):
+        path.write_text("a\n")
+        path.chmod(mode)
+        atomic_write_text(path, "a\n1\n")
+        assert stat.S_IMODE(path.stat().st_mode) == mode and path.read_text() == "a\n1\n"

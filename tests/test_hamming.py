@@ -160,3 +160,29 @@ def test_bad_input_is_named():
         distances(q, db[0])
     with pytest.raises(ValueError, match="engine must be one of numba, numpy"):
         topk(q, db, 3, engine="faiss")
+
+
+def test_order_ties_puts_chosen_items_first_then_the_score_then_the_index():
+    rng = np.random.default_rng(3)
+    distance = rng.integers(0, 4, size=400).astype(np.uint8)
+    score = rng.random(400)
+    first = np.array([int(np.flatnonzero(distance == 0)[-1]), int(np.flatnonzero(distance == 1)[-1])])
+    for k in (1, 5, 57, 400):
+        plain = hamming.order_ties(distance, k)
+        np.testing.assert_array_equal(plain, np.argsort(distance, kind="stable")[:k])  # topk's rule
+        chosen = hamming.order_ties(distance, k, first=first, score=score)
+        want = sorted(range(400), key=lambda i: (distance[i], i not in first, -score[i], i))[:k]
+        assert chosen.tolist() == want
+    # the score may be a function, asked only about the items at or within the k-th distance
+    asked = []
+
+    def by_function(rows):
+        asked.append(rows)
+        return score[rows]
+
+    np.testing.assert_array_equal(
+        hamming.order_ties(distance, 9, score=by_function), hamming.order_ties(distance, 9, score=score)
+    )
+    assert set(distance[asked[0]].tolist()) == {0} and len(asked[0]) == (distance == 0).sum()
+    with pytest.raises(ValueError, match="k must be an integer from 1 to the number of items 400"):
+        hamming.order_ties(distance, 401)

@@ -533,3 +533,22 @@ def test_backbone_serves_one_hasher_and_loss_state_is_required():
         hasher.loss_on_batch(hasher(images()), torch.eye(4), torch.arange(4))
     with pytest.raises(ValueError, match="train_labels has 3 columns"):
         hasher.begin_training(np.eye(3))
+
+
+def test_class_names_a_tiny_clip_never_learned_are_warned_about():
+    """CIFAR-10's names with tiny-objects-m: near-identical text rows, named before any training."""
+    import warnings
+
+    from kalahash.backbones import UnknownWordsWarning, load_backbone
+    from kalahash.objects10 import CLASSNAMES
+
+    cifar = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    with pytest.warns(UnknownWordsWarning, match=r"never learned: airplane, automobile, bird, .*, truck\."):
+        build_hasher("kalahash", load_backbone("tiny-objects-m"), cifar, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnknownWordsWarning)
+        build_hasher("lb", load_backbone("tiny-objects-m"), cifar, 16)  # LB does not read the class text
+        build_hasher("kalahash", load_backbone("tiny-objects-m"), list(CLASSNAMES), 16)
+        build_hasher("zeroshot", load_backbone("tiny"), cifar, 16)  # a full (random) vocabulary
+    with pytest.warns(UnknownWordsWarning, match=r"never learned: fishing\."):
+        build_hasher("zeroshot", load_backbone("tiny-objects-m"), ["house", "fishing boat"], 16)

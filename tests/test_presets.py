@@ -58,3 +58,18 @@ def test_bad_input():
         preset("cifar10", 0, 16)
     with pytest.raises(ValueError, match="bits must be a positive integer"):
         preset("cifar10", 1, -16)
+
+
+def test_released_only_on_the_released_backbone():
+    assert preset("cifar10", 1, 16, ("ViT-B-32", "openai")).source == "released"
+    for backbone, used in [
+        (("tiny-objects-m", None), "used with tiny-objects-m"),
+        (("ViT-B-32", None), "used with ViT-B-32"),  # random init
+        (("ViT-L-14", "openai"), "used with ViT-L-14 (openai)"),
+    ]:
+        p = preset("cifar10", 1, 16, backbone)
+        assert not p.released and p.source == f"ours: released for CLIP ViT-B-32 (openai), {used}"
+    both = preset("objects10", 1, 16, ("tiny-objects-m", None)).source
+    assert (
+        both == "ours: borrowed from cifar10; released for CLIP ViT-B-32 (openai), used with tiny-objects-m"
+    )

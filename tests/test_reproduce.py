@@ -20,9 +20,10 @@ def _notebook(path, body: str) -> None:
 
 
 WRITE_FIGURE = (
-    "from pathlib import Path\n"
-    "Path('figures').mkdir(exist_ok=True)\n"
-    "Path('figures/{name}.txt').write_text(f'{{profile}} {{dataset}}')"
+    "from kalahash.experiments import project_paths\n"
+    "figures = project_paths()['figures']\n"
+    "figures.mkdir(parents=True, exist_ok=True)\n"
+    "(figures / '{name}.txt').write_text(f'{{profile}} {{dataset}}')"
 )
 
 
@@ -51,7 +52,10 @@ def test_reproduce_runs_in_order_then_reuses_and_continues(project):
     first = reproduce("smoke", dataset="shapes", root=project, log=logged.append)
     assert first.ok and list(first.table["status"]) == ["ran", "ran"]
     assert first.run_dir.parent == project / "runs" and logged[0] == "[1/2] 01_first.ipynb: running"
-    assert (project / "figures" / "second.txt").read_text() == "smoke shapes"  # the parameters reached it
+    # the figures go to the runs folder: the project's own files (its committed figures/) are left alone
+    assert (first.run_dir / "figures" / "second.txt").read_text() == "smoke shapes"  # parameters reached it
+    assert first.figures == first.run_dir / "figures" and not (project / "figures").exists()
+    assert not (project / "results" / "figures").exists()
     executed = nbformat.read(first.run_dir / "01_first.ipynb", as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     assert sorted(p.name for p in first.figures_written) == ["first.txt", "second.txt"]
@@ -66,7 +70,16 @@ def test_reproduce_runs_in_order_then_reuses_and_continues(project):
     (first.run_dir / MANIFEST).write_text(json.dumps(manifest))
     resumed = reproduce("smoke", dataset="shapes", root=project, log=logged.append)
     assert resumed.run_dir == first.run_dir and list(resumed.table["status"]) == ["ran", "ran"]
-    assert (project / "figures" / "changed.txt").exists()
+    assert (first.run_dir / "figures" / "changed.txt").exists() and not (project / "figures").exists()
+    # asked to, it refreshes the project's figures/ from the runs folder, reused notebooks' figures too
+    updated = reproduce("smoke", dataset="shapes", root=project, update_figures=True, log=logged.append)
+    assert list(updated.table["status"]) == ["reused", "reused"]
+    assert sorted(p.name for p in (project / "figures").iterdir()) == [
+        "changed.txt",
+        "first.txt",
+        "second.txt",
+    ]
+    assert sorted(p.name for p in updated.figures_updated) == ["changed.txt", "first.txt", "second.txt"]
 
     other = reproduce("smoke", only=["01"], root=project, log=logged.append)  # another request
     assert other.run_dir != first.run_dir and list(other.table["notebook"]) == ["01_first.ipynb"]
@@ -80,9 +93,19 @@ def test_a_failing_notebook_is_recorded_and_the_next_still_runs(project, capsys,
     assert main(["reproduce", "--profile", "smoke"]) == 1
     out = capsys.readouterr().out
     assert "01_first.ipynb failed: ValueError: no data here" in out
-    assert "executed notebooks:" in out and f"figures and tables: {project / 'figures'}" in out
+    assert "executed notebooks:" in out and f"figures and tables: {project / 'runs'}" in out
     run_dir = next((project / "runs").iterdir())
     statuses = {k: v["status"] for k, v in json.loads((run_dir / MANIFEST).read_text())["notebooks"].items()}
     assert statuses == {"01_first.ipynb": "failed", "02_second.ipynb": "done"}
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         reproduce("fast", root=project)
+
+
+def test_a_notebook_run_directly_writes_figures_where_git_ignores_them(project, monkeypatch):
+    """Jupyter or nbval run a notebook without reproduce: its figures go to results/figures/, not figures/."""
+    from kalahash.experiments import project_paths
+
+    monkeypatch.delenv("KALAHASH_FIGURES", raising=False)
+    assert project_paths(project)["figures"] == project / "results" / "figures"
+    monkeypatch.setenv("KALAHASH_FIGURES", str(project / "elsewhere"))
+    assert project_paths(project)["figures"] == project / "elsewhere"

@@ -60,6 +60,7 @@ def test_config_id_identifies_the_result(tmp_path):
         ({"method": "dino"}, "unknown method 'dino'.*kalahash"),
         ({"shots": 0}, "shots must be a positive integer"),
         ({"bits": -8}, "bits must be a positive integer"),
+        ({"bits": 7}, "bits must be a positive multiple of 8"),
         ({"epochs": 1.5}, "epochs must be a positive integer"),
         ({"ties": "random"}, "ties must be 'index' or 'average'"),
     ],
@@ -70,9 +71,17 @@ def test_config_validation(kwargs, match):
 
 
 def test_resolved_hparams_follow_method_and_preset():
-    hp, source = ExperimentConfig(dataset="cifar10", shots=2, method="kalahash").resolved_hparams()
+    released = {"dataset": "cifar10", "shots": 2, "method": "kalahash", "backbone": "ViT-B-32"}
+    hp, source = ExperimentConfig(**released, pretrained="openai").resolved_hparams()
     assert hp == {"rank": 4, "strength": 0.3, "kiddo_alpha": 0.1, "kiddo_beta": 0.1, "kiddo_gamma": 4.0}
     assert source == "released"
+    # the same values on another backbone (or ViT-B-32 without OpenAI's weights) are ours, and say so
+    assert ExperimentConfig(**released).resolved_hparams() == (
+        hp,
+        "ours: released for CLIP ViT-B-32 (openai), used with ViT-B-32",
+    )
+    tiny = ExperimentConfig(**{**released, "backbone": "tiny-objects-m"}).resolved_hparams()[1]
+    assert tiny == "ours: released for CLIP ViT-B-32 (openai), used with tiny-objects-m"
     hp, source = ExperimentConfig(dataset="cifar10", method="lb", loss="csq").resolved_hparams()
     assert hp == {"loss": "csq"}
     hp, source = ExperimentConfig(
@@ -224,9 +233,19 @@ def test_stored_rows_read_back_as_the_rows_their_runs_returned(tmp_path):
     append_result(fresh[0], path)
     table = read_results(path)
     assert table["knowledge"].tolist() == ["true"] and table["git_commit"].tolist() == ["1234e56"]
-    assert table["dataset"].tolist() == ["shapes"] and table["flags"].tolist() == [""]
+    assert table["dataset"].tolist() == ["objects10"] and table["flags"].tolist() == [""]
     stored = find_result(configs[0], path)
     shared = ("knowledge", "git_commit", "seed", "map", "flags")
     assert {k: stored[k] for k in shared} == {k: fresh[0][k] for k in shared}
     summary = summarize(pd.DataFrame([stored, fresh[1]]), by=("method", "knowledge"))
     assert len(summary) == 1 and summary.iloc[0]["seeds"] == 2
+
+
+def test_an_append_keeps_a_read_only_tables_mode(tmp_path):
+    import stat
+
+    path = tmp_path / "results.csv"
+    append_result(_row(ExperimentConfig(seed=0), 0.25), path)
+    path.chmod(0o444)
+    append_result(_row(ExperimentConfig(seed=1), 0.5), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o444 and len(read_results(path)) == 2

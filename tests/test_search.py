@@ -132,6 +132,30 @@ def test_an_interrupted_encode_resumes_from_its_last_chunk(checkpoints, folder, 
     np.testing.assert_array_equal(resumed.codes, whole.codes)
 
 
+def test_ctrl_c_in_encode_says_what_was_kept_in_one_line(checkpoints, folder, tmp_path, capsys, monkeypatch):
+    real = search_module._encode_files
+    calls = []
+
+    def interrupted_on_the_third_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "_encode_files", interrupted_on_the_third_chunk)
+    out = tmp_path / "codes"
+    encode_cmd = ["encode", "--checkpoint", str(checkpoints[0]), "--images", str(folder), "--out", str(out)]
+    assert main([*encode_cmd, "--chunk-size", "8", "--quiet"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"kalahash encode: interrupted: every complete chunk is kept in {out}/parts: the same command goes on "
+        "from there (and writes the searchable codes when it finishes)"
+    )
+    monkeypatch.setattr(search_module, "_encode_files", real)
+    assert main([*encode_cmd, "--chunk-size", "8", "--quiet"]) == 0
+    assert f"({N_IMAGES + 1 - 16} encoded by this call)" in capsys.readouterr().out  # 2 chunks were kept
+
+
 def test_search_finds_the_query_and_every_engine_agrees(checkpoints, folder, tmp_path):
     out = tmp_path / "codes"
     encode_folder(checkpoints[0], folder, out, progress=False)
@@ -155,6 +179,75 @@ def test_search_finds_the_query_and_every_engine_agrees(checkpoints, folder, tmp
     assert len(search(out, query, k=100, engine="index")) == N_IMAGES
     with pytest.raises(ValueError, match="engine must be one of exact, index"):
         search(out, query, engine="auto")
+
+
+@pytest.fixture
+def twins(shapes, tmp_path):
+    """25 near-copies of one picture (one pixel apart: one code) and 5 other pictures; the query's
+    own file, twins/t24.png, comes last of the tied ones in collection order."""
+    root = tmp_path / "twins"
+    base = shapes.database.images[0]
+    copies = []
+    for i in range(25):
+        image = base.copy()
+        image[i % 32, i // 32] = (np.array(image[i % 32, i // 32], dtype=np.int64) + 1) % 256
+        copies.append(image)
+    _write_images(root, np.stack(copies), [f"twins/t{i:02d}.png" for i in range(25)])
+    _write_images(root, shapes.database.images[1:6], [f"other/o{i}.png" for i in range(5)])
+    return root
+
+
+def test_the_query_is_its_own_first_hit_and_the_tie_is_reported(checkpoints, twins, tmp_path, capsys):
+    out = tmp_path / "codes"
+    encode_folder(checkpoints[0], twins, out, progress=False)
+    store = load_codes(out)
+    own = store.codes[store.paths.index("twins/t24.png")]
+    tied = [p for p, c in zip(store.paths, store.codes, strict=True) if (c == own).all()]
+    assert len(tied) >= 20 and tied[-1] == "twins/t24.png"  # the case of the issue: a big tie, own last
+    query = twins / "twins" / "t24.png"
+    hits = search(out, query, k=5)
+    assert hits[0].path == query and hits[0].identical and hits[0].distance == 0
+    assert [h.identical for h in hits[1:]] == [False] * 4
+    assert {h.tied for h in hits} == {len(tied)}
+    note = search_module.tie_note(hits)
+    assert f"{len(tied)} images are at distance 0, 5 of them shown" in note and f"--k {len(tied)}" in note
+    # a byte-identical copy outside the collection finds the collection's copy first
+    copy = tmp_path / "elsewhere.png"
+    copy.write_bytes(query.read_bytes())
+    first = search(out, copy, k=3)[0]
+    assert first.path == query and first.identical
+    # the CLI says how large the tie is, in text, JSON and HTML
+    ask = ["search", "--codes", str(out), "--query", str(query), "--k", "5"]
+    assert main(ask) == 0
+    text = capsys.readouterr().out
+    assert "(the query's image)" in text.splitlines()[1] and f"{len(tied)} images are at distance 0" in text
+    assert main([*ask, "--json", "--html", str(tmp_path / "p.html")]) == 0
+    captured = capsys.readouterr()
+    listed = json.loads(captured.out)
+    assert listed[0]["identical"] and listed[-1]["tied"] == len(tied)
+    assert f"{len(tied)} images are at distance 0" in captured.err
+    assert f"{len(tied)} images are at distance 0" in (tmp_path / "p.html").read_text()
+    assert search_module.tie_note(search(out, query, k=len(tied))) is None  # the whole tie shown
+    build_index(out, "flat")  # the faiss index's hits are ordered the same way, the query's image first
+    assert search(out, query, k=3, engine="index")[0].path == query
+
+
+def test_rerank_orders_each_tie_by_the_querys_real_valued_code(checkpoints, folder, tmp_path):
+    out = tmp_path / "codes"
+    encode_folder(checkpoints[0], folder, out, progress=False)
+    store = load_codes(out)
+    query = folder / "c1" / "04.png"
+    hasher = search_module._load_hasher(load_checkpoint(checkpoints[0]), None, "cpu")
+    _, u = search_module._encode_query(hasher, query)
+    plain, reranked = search(out, query, k=N_IMAGES), search(out, query, k=N_IMAGES, rerank=True)
+    assert sorted(map(str, (h.path for h in plain))) == sorted(map(str, (h.path for h in reranked)))
+    assert [h.distance for h in plain] == [h.distance for h in reranked]
+    signs = {p: 2.0 * np.unpackbits(c)[:16] - 1 for p, c in zip(store.paths, store.codes, strict=True)}
+    scores = [float(signs[h.path.relative_to(folder).as_posix()] @ u) for h in reranked]
+    for a, b, sa, sb in zip(reranked, reranked[1:], scores, scores[1:], strict=False):
+        if a.distance == b.distance and not a.identical:
+            assert sa >= sb - 1e-6  # within a tie: higher u·b first
+    assert [h.path for h in plain] != [h.path for h in reranked]  # some tie was reordered
 
 
 def test_codes_of_another_model_are_refused(checkpoints, folder, tmp_path):
@@ -192,21 +285,52 @@ def test_cli_encode_index_search(checkpoints, folder, tmp_path, capsys):
     assert "notes.txt: not an image file" in printed
     assert main(encode_cmd) == 0
     assert "(0 encoded by this call)" in capsys.readouterr().out
-    assert main(["index", str(out), "--kind", "flat"]) == 0
+    assert main(["index", "--codes", str(out), "--kind", "flat"]) == 0
     assert (out / "index.faiss").is_file()
     query, page = folder / "c0" / "06.png", tmp_path / "hits.html"
     capsys.readouterr()
     ask = ["search", "--codes", str(out), "--query", str(query)]
     assert main([*ask, "--k", "5", "--json", "--html", str(page)]) == 0
     hits = json.loads(capsys.readouterr().out)
-    assert [set(h) for h in hits] == [{"rank", "distance", "path"}] * 5 and hits[0]["distance"] == 0
-    assert str(query) in [h["path"] for h in hits if h["distance"] == 0]
+    assert [set(h) for h in hits] == [{"rank", "distance", "path", "tied", "identical"}] * 5
+    assert hits[0]["path"] == str(query) and hits[0]["distance"] == 0
     assert page.read_text().count("<img ") == 6  # the query and five hits
     assert main([*ask, "--k", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["rank", "distance", "path"] and len(lines) == 4
+    assert lines[0].split() == ["rank", "distance", "tied", "path"] and len(lines) in (4, 5)
     assert main(["search", "--codes", str(out), "--query", str(folder / "notes.txt")]) == 2
     assert "query image" in capsys.readouterr().err
+
+
+def test_encode_says_when_it_removes_a_stale_index(checkpoints, folder, shapes, tmp_path, capsys):
+    out = tmp_path / "codes"
+    encode_cmd = ["encode", "--checkpoint", str(checkpoints[0]), "--images", str(folder), "--out", str(out)]
+    assert main([*encode_cmd, "--quiet"]) == 0
+    build_index(out, "flat")
+    capsys.readouterr()
+    assert main([*encode_cmd, "--quiet"]) == 0  # the same codes: the index stays, nothing said
+    assert (out / "index.faiss").is_file() and "index" not in capsys.readouterr().out
+    _write_images(folder, shapes.database.images[300:301], ["c0/new.png"])
+    assert main([*encode_cmd, "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert not (out / "index.faiss").exists()
+    assert f"removed {out / 'index.faiss'}, built from the earlier codes" in printed
+    assert f"`kalahash index --codes {out}`" in printed
+    _write_images(folder, shapes.database.images[301:302], ["c0/newer.png"])
+    assert not encode_folder(checkpoints[0], folder, out, progress=False).index_removed  # none to remove
+
+
+def test_cuda_without_a_gpu_says_so_for_encode_and_search(checkpoints, folder, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "codes"
+    encode_folder(checkpoints[0], folder, out, progress=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    encode_cmd = ["encode", "--checkpoint", str(checkpoints[0]), "--images", str(folder), "--out", str(out)]
+    search_cmd = ["search", "--codes", str(out), "--query", str(folder / "c0" / "00.png")]
+    for args in (encode_cmd, search_cmd):
+        assert main([*args, "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "this machine has no CUDA device" in err and "--device cpu" in err
+        assert "weights" not in err and "corrupt" not in err
 
 
 def test_write_html_survives_a_missing_image(tmp_path, folder):

@@ -81,7 +81,7 @@ COMMANDS = {
     "search-shared-codes": lambda ckpt, tmp: [
         "search", "--codes", str(_codes_folder(tmp / "codes", pathlib.Path(ckpt))), "--query", str(tmp / "q.png"),
     ],
-    "export": lambda ckpt, tmp: ["export", "--checkpoint", ckpt, "--output", str(tmp / "out.pt")],
+    "export": lambda ckpt, tmp: ["export", "--checkpoint", ckpt, "--out", str(tmp / "out.pt")],
 }  # fmt: skip
 
 
@@ -138,7 +138,7 @@ def test_an_older_checkpoint_is_refused_with_the_conversion_to_run(format_1, cap
 def test_convert_checkpoint_rewrites_it_safely(format_1, tmp_path, capsys):
     old, hasher = format_1
     (tmp_path / "taken.ckpt").write_bytes(b"someone's file")
-    assert main(["convert-checkpoint", str(old), "--trust", "--output", str(tmp_path / "taken.ckpt")]) == 2
+    assert main(["convert-checkpoint", str(old), "--trust", "--out", str(tmp_path / "taken.ckpt")]) == 2
     assert (
         "--force" in capsys.readouterr().err and (tmp_path / "taken.ckpt").read_bytes() == b"someone's file"
     )

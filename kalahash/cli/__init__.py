@@ -7,6 +7,12 @@ Each command parses its options, calls one function and prints: ``demo`` → ``r
 ``pretrain-tiny`` → ``kalahash.pretrain.pretrain_tiny``, ``reproduce`` → ``kalahash.reproduce.reproduce``;
 ``encode`` → ``encode_folder``, ``index`` → ``build_index``, ``search`` → ``search`` (in ``kalahash.search``).
 
+A user error (a ``ValueError`` or ``OSError`` of the Python twin) prints one line ``kalahash <command>:
+error: ...`` and exits 2, as argparse's own errors do; a warning prints one line without its source; both
+in the CLI's spelling (messages write ``results= (CLI: --results)`` and the CLI keeps ``--results``:
+:func:`~kalahash.cli.main.for_cli`). Ctrl-C prints what was kept and how to go on, exit 130. Heavy
+imports (torch, open_clip, pandas) happen inside the commands, so ``--help`` answers at once.
+
 Modules: ``options`` (options shared by commands), ``commands`` (runs and notebooks), ``search`` (own
 images), ``main`` (the parser). ``python -m kalahash.cli`` runs it too (as torchrun needs).
 """

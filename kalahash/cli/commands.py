@@ -9,6 +9,7 @@ import json
 import shlex
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from .options import base_config, cache_folder, list_options, print_table, run_kwargs, warn_flags
 
@@ -19,9 +20,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..experiments import run_experiment, summarize
 
     if args.checkpoint and len(args.seeds) > 1:
-        raise SystemExit("error: --checkpoint takes a single seed")
+        raise ValueError("--checkpoint takes a single seed")
     if args.resume and not args.checkpoint:
-        raise SystemExit("error: --resume needs --checkpoint FILE, the checkpoint to continue")
+        raise ValueError("--resume needs --checkpoint FILE, the checkpoint to continue")
     base = base_config(args, shots=args.shots, bits=args.bits, method=args.method)
     rows = []
     for seed in args.seeds:
@@ -38,6 +39,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     warn_flags(rows)
     print(f"results table: {args.results}")
     return 0
+
+
+def interrupted_run(args: argparse.Namespace) -> str:
+    """What a Ctrl-C in ``run`` leaves, and how to go on."""
+    done = f"rows of finished seeds are in {args.results}"
+    if args.checkpoint and Path(args.checkpoint).is_file():
+        return (
+            f"{args.checkpoint} holds the last finished epoch ({done}): run the same command with --resume "
+            "to continue"
+        )
+    if args.checkpoint:
+        return f"no epoch had finished, nothing of this run was kept ({done}): run the same command again"
+    return (
+        f"nothing of the unfinished run was kept ({done}); --checkpoint FILE saves every epoch, so that "
+        "--resume can continue"
+    )
+
+
+def interrupted_grid(args: argparse.Namespace) -> str:
+    """What a Ctrl-C in ``sweep`` or ``demo`` leaves, and how to go on."""
+    return (
+        f"finished runs are in {args.results}: the same command runs the rest (runs in the table are skipped)"
+    )
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -69,7 +93,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             device_preprocess=args.device_preprocess,
         )
     except UnnamedDatasetError:
-        raise SystemExit("error: this checkpoint does not name its data set: pass --dataset") from None
+        raise ValueError("this checkpoint does not name its data set: pass --dataset") from None
     print(
         f"mAP@{scores['map_topk']} = {scores['map']:.4f} ({args.ties} ties); "
         + ", ".join(f"{k} = {v:.4f}" for k, v in scores.items() if k.startswith("p_at_"))
@@ -94,12 +118,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         shots=args.shots,
         bits=args.bits,
         epochs=args.epochs,
-        seed=args.seed,
+        batch_size=args.batch_size,
+        seeds=args.seeds,
         force=args.force,
         progress=not args.quiet,
         cache=cache_folder(args),
     )
     print_table(table)
+    if len(args.seeds) > 1:
+        by_method = table.groupby("method", sort=False)["map"].agg(["mean", "std"]).reset_index()
+        print_table(by_method.rename(columns={"mean": "map mean", "std": "map std (over seeds)"}))
     warn_flags(table)
     print(
         f"figures: {args.out}/demo_map.png, .pdf; table: {args.out}/demo_results.csv; all rows: {args.results}"
@@ -114,6 +142,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         args.dataset,
         args.data_root,
         split_seed=args.split_seed,
+        download=args.download,
         progress=not args.quiet,
         **list_options(args),
     )
@@ -133,7 +162,9 @@ def cmd_pretrain_tiny(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ..experiments import export_checkpoint
 
-    exported = export_checkpoint(args.checkpoint, args.output, pretrained=args.pretrained)
+    if args.out is None:
+        raise ValueError("--out FILE is required: the file to write")
+    exported = export_checkpoint(args.checkpoint, args.out, pretrained=args.pretrained)
     print(
         f"wrote {exported.path}: the {exported.method} run's CLIP weights, adapters folded in (open_clip "
         f"layout: use it as --pretrained {exported.path} with the run's --backbone), and its hash head "
@@ -146,7 +177,7 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
     from ..experiments import UntrustedCheckpointError, convert_checkpoint
 
     try:
-        done = convert_checkpoint(args.checkpoint, trust=args.trust, output=args.output, force=args.force)
+        done = convert_checkpoint(args.checkpoint, trust=args.trust, output=args.out, force=args.force)
     except UntrustedCheckpointError as err:
         imports = f" (it would import {', '.join(err.imports)})" if err.imports else ""
         print(
@@ -157,9 +188,7 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
         )
         return 2
     except FileExistsError:
-        print(
-            f"error: {args.output} exists: pass --force to replace it, or another --output", file=sys.stderr
-        )
+        print(f"error: {args.out} exists: pass --force to replace it, or another --out", file=sys.stderr)
         return 2
     if not done.converted:
         print(
@@ -177,11 +206,20 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from ..reproduce import reproduce
 
-    done = reproduce(args.profile, args.only, args.dataset, fresh=args.fresh, kernel=args.kernel)
+    done = reproduce(
+        args.profile,
+        args.only,
+        args.dataset,
+        fresh=args.fresh,
+        kernel=args.kernel,
+        update_figures=args.update_figures,
+    )
     print_table(done.table[["notebook", "status", "seconds", "output"]])
     for line in done.table[done.table["error"] != ""].itertuples():
         print(f"{line.notebook} failed: {line.error}")
     print(f"executed notebooks: {done.run_dir}")
     print(f"figures and tables: {done.figures} ({len(done.figures_written)} files written by this call)")
+    if args.update_figures:
+        print(f"copied {len(done.figures_updated)} of them into the project's figures/")
     print(f"results table: {done.results}")
     return 0 if done.ok else 1

@@ -6,12 +6,39 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
+from types import SimpleNamespace
 from typing import Any
 
-from ..experiments import DEFAULT_CACHE, DEFAULT_RESULTS, LIST_OPTIONS, METHODS, ExperimentConfig
-from ..hashing.knowledge import KNOWLEDGE_MODES
+from ..experiments.config import DEFAULT_CACHE, LIST_OPTIONS, METHODS, ExperimentConfig, check_code_length
+from ..presets import KNOWLEDGE_MODES
+from ..results_table import DEFAULT_RESULTS
 
-_DEFAULTS = ExperimentConfig()
+# The defaults of a run, read from ExperimentConfig's fields (building one would import torch).
+_DEFAULTS = SimpleNamespace(**{f.name: f.default for f in fields(ExperimentConfig)})
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a positive integer (argparse then names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def code_length(text: str) -> int:
+    """An argparse type: a code length a run may choose (:func:`check_code_length`)."""
+    try:
+        bits: Any = int(text)
+    except ValueError:
+        bits = text
+    try:
+        return check_code_length(bits)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _parse_value(text: str) -> Any:
@@ -26,14 +53,13 @@ def _hyperparameters(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"error: --hp expects KEY=VALUE (e.g. --hp rank=4), got {pair!r}")
+            raise ValueError(f"--hp expects KEY=VALUE (e.g. --hp rank=4), got {pair!r}")
         out[key] = _parse_value(value)
     return out
 
 
 def add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
     """Options shared by ``run`` and ``sweep``; with ``many`` the grid options take several values."""
-    nargs = "+" if many else None
     p.add_argument(
         "--dataset",
         default=_DEFAULTS.dataset,
@@ -45,20 +71,7 @@ def add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
         "--data-root", default=None, help="folder holding the data set (not needed for built-in worlds)"
     )
     add_list_args(p)
-    p.add_argument(
-        "--shots",
-        type=int,
-        nargs=nargs,
-        default=[_DEFAULTS.shots] if many else _DEFAULTS.shots,
-        help="labelled images per class (default: %(default)s)",
-    )
-    p.add_argument(
-        "--bits",
-        type=int,
-        nargs=nargs,
-        default=[_DEFAULTS.bits] if many else _DEFAULTS.bits,
-        help="hash code length (default: %(default)s)",
-    )
+    add_run_shape_args(p, many)
     if many:
         p.add_argument(
             "--methods",
@@ -100,17 +113,6 @@ def add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
         help="open_clip pretrained tag (e.g. openai) or a local weights file; default: the built-in "
         "weights for the built-in tiny CLIPs, random init otherwise",
     )
-    p.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=[_DEFAULTS.seed],
-        help="seeds (few-shot sample and training); several give mean ± std (default: %(default)s)",
-    )
-    p.add_argument(
-        "--epochs", type=int, default=_DEFAULTS.epochs, help="training epochs (default: %(default)s)"
-    )
-    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="SGD learning rate (default: %(default)s)")
     p.add_argument(
         "--hp",
@@ -123,6 +125,43 @@ def add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
     add_run_options(p)
 
 
+def add_run_shape_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """Shots, bits, seeds, epochs and batch size: ``demo``, ``run`` and ``sweep`` (``many``: shots and bits
+    take several values, a grid)."""
+    nargs = "+" if many else None
+    p.add_argument(
+        "--shots",
+        type=positive_int,
+        nargs=nargs,
+        default=[_DEFAULTS.shots] if many else _DEFAULTS.shots,
+        help="labelled images per class (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bits",
+        type=code_length,
+        nargs=nargs,
+        default=[_DEFAULTS.bits] if many else _DEFAULTS.bits,
+        help="hash code length, a multiple of 8 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[_DEFAULTS.seed],
+        help="seeds (few-shot sample and training); several give mean ± std (default: %(default)s)",
+    )
+    p.add_argument("--seed", type=int, nargs="+", dest="seeds", help=argparse.SUPPRESS)  # the old spelling
+    p.add_argument(
+        "--epochs", type=positive_int, default=_DEFAULTS.epochs, help="training epochs (default: %(default)s)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=_DEFAULTS.batch_size,
+        help="few-shot images per training step (default: %(default)s)",
+    )
+
+
 def add_scoring_args(p: argparse.ArgumentParser) -> None:
     """How mAP is scored: ``run``, ``sweep`` and ``eval``."""
     p.add_argument("--topk", type=int, default=None, help="mAP@K cut-off (default: the data set's protocol)")
@@ -130,7 +169,8 @@ def add_scoring_args(p: argparse.ArgumentParser) -> None:
         "--ties",
         default="index",
         choices=("index", "average"),
-        help="tie rule of mAP: database index order, or the exact average over tie orders",
+        help="tie rule of mAP: database index order, or the exact average over tie orders (default: "
+        "%(default)s)",
     )
 
 
@@ -174,7 +214,11 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="folder for few-shot split lists and remembered data checks (default: the results table's)",
     )
-    p.add_argument("--force", action="store_true", help="run even if the results table has this config")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="run even if the results table has this config (and overwrite an existing --checkpoint file)",
+    )
     p.add_argument(
         "--allow-failed-check", action="store_true", help="run on data whose integrity check failed"
     )

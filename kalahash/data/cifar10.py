@@ -70,8 +70,9 @@ def _cifar10_missing(root: Path, reason: str = "") -> str:
     return (
         f"CIFAR-10 not found{': ' + reason if reason else ''}. Put {CIFAR10_ARCHIVE} (md5 {CIFAR10_MD5}, "
         f"from {CIFAR10_URL}) or its extracted folder {CIFAR10_FOLDER}/ into {root}/ , e.g. "
-        f"`mkdir -p {root} && curl -o {root}/{CIFAR10_ARCHIVE} {CIFAR10_URL}`, "
-        "or pass download=True (needs network). See data/README.md"
+        f"`mkdir -p {root} && curl -o {root}/{CIFAR10_ARCHIVE} {CIFAR10_URL}`, or fetch it with "
+        f"download=True (CLI: `kalahash check-data --dataset cifar10 --data-root {root} --download`; needs "
+        "network). See data/README.md"
     )
 
 

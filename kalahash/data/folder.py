@@ -38,7 +38,8 @@ def load_folder(
     """
     if data_root is None:
         raise ValueError(
-            "the 'folder' dataset needs data_root= a folder with one sub-folder of images per class"
+            "the 'folder' dataset needs data_root= (CLI: --data-root): a folder with one sub-folder of images "
+            "per class"
         )
     query_per_class = check_count("query_per_class", query_per_class)
     train_per_class = check_count("train_per_class", train_per_class, allow_none=True)

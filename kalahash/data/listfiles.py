@@ -112,7 +112,7 @@ def _pick_image_root(base: Path, image_root: Path | None, firsts: Sequence[tuple
     where = str(image_root) if image_root is not None else f"{base}/images/ (or at paths relative to {base})"
     raise FileNotFoundError(
         f"first image of the {role} list {list_path} not found at {tried}: put the images under {where} "
-        "as the lists name them, or pass image_root= the folder the listed paths are relative to"
+        "as the lists name them (from Python, image_root= names the folder the listed paths are relative to)"
     )
 
 

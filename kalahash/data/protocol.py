@@ -390,7 +390,8 @@ def protocol_split(
                     _write_list(paths[role], ids_out, {**header, "split": role})
         except OSError as e:
             raise OSError(
-                f"cannot write the split to {split_dir} ({e}); pass split_dir= a writable folder"
+                f"cannot write the split to {split_dir} ({e}): make the folder writable (from Python, "
+                "split_dir= names another)"
             ) from e
         loaded = derived
     q, t = loaded["query"], loaded["train"]

@@ -6,14 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-Transform = Callable[[Image.Image], torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+Transform = Callable[[Image.Image], "torch.Tensor"]
 SPLITS = ("query", "train", "database")
 # The formats an image file may be read as (those of ``IMAGE_EXTENSIONS``), whatever its name: Pillow
 # would open others too, EPS among them, which it renders by running Ghostscript on the file.
@@ -26,8 +27,9 @@ def open_image(fp: str | Path | Any) -> Image.Image:
     return Image.open(fp, formats=IMAGE_FORMATS)
 
 
-class ImageList(Dataset):
-    """Images with 0/1 label rows. Items are ``(image, label_row, index)``.
+class ImageList:
+    """Images with 0/1 label rows. Items are ``(image, label_row, index)``: a map-style data set for
+    torch's ``DataLoader`` (torch is imported when an item is read, so importing kalahash stays light).
 
     ``images`` is either a list of file paths or a uint8 array (N, H, W, 3) held in memory.
     ``ids`` are stable names for the images (relative paths, or ``"<set>:<index>"``) used in split
@@ -95,6 +97,8 @@ class ImageList(Dataset):
             ) from e
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        import torch
+
         image = self.load_image(index)
         tensor = self.transform(image) if self.transform is not None else torch.from_numpy(np.array(image))
         return tensor, torch.from_numpy(self.labels[index].astype(np.float32)), index

@@ -2,8 +2,9 @@
 
 What lives here (import the names from ``kalahash.experiments``; the modules are how it is laid out):
 
-- ``config``: :class:`ExperimentConfig` (one run), :func:`config_hash` (its ``config_id``), ``METHODS``
-  and ``LIST_OPTIONS`` (the list files of data set ``listfile``);
+- ``config``: :class:`ExperimentConfig` (one run), :func:`config_hash` (its ``config_id``), ``METHODS``,
+  ``LIST_OPTIONS`` (the list files of data set ``listfile``) and the defaults of a run
+  (``DEFAULT_DATASET``, ``DEFAULT_BACKBONE``, ``DEFAULT_CACHE``);
 - ``results``: the results table of runs, rows checked against their config (:func:`read_results`,
   :func:`append_result`, :func:`find_result`);
 - ``runner``: :func:`run_experiment`, :func:`expand_grid`, :func:`run_sweep`, :func:`summarize`,
@@ -18,71 +19,67 @@ What lives here (import the names from ``kalahash.experiments``; the modules are
 Layer 7 (tests/test_layout.py): these modules import each other and the layers below (``train``,
 ``checkpoints``, ``plots``, ``hashing``, ``backbones``, ``data``, ``results_table``, ``history``,
 ``presets``, ``machine``, ``fileio``); never ``studies``, ``views``, ``efficiency``, ``reproduce`` or ``cli``.
+
+The names are imported when first asked for (PEP 562), so that ``kalahash --help`` and the CLI's option
+defaults (``config``) do not import torch, open_clip or pandas.
 """
 
-from ..checkpoints import (
-    ConvertedCheckpoint,
-    UnsafeCheckpointError,
-    UntrustedCheckpointError,
-    convert_checkpoint,
-    load_exported,
-)
-from ..machine import provenance
-from ..results_table import DEFAULT_RESULTS, DamagedRowWarning
-from .checkpoint_ops import (
-    ExportedModel,
-    UnnamedDatasetError,
-    check_dataset,
-    evaluate_checkpoint,
-    export_checkpoint,
-)
-from .config import LIST_OPTIONS, METHODS, ExperimentConfig, config_hash
-from .notebook import PROFILES, WORLDS, list_setting, notebook_settings, project_paths
-from .results import StaleRowWarning, append_result, find_result, read_results
-from .runner import (
-    DEFAULT_CACHE,
-    DEMO_METHODS,
-    checked_data,
-    expand_grid,
-    run_demo,
-    run_experiment,
-    run_sweep,
-    summarize,
-)
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_CACHE",
-    "DEFAULT_RESULTS",
-    "DEMO_METHODS",
-    "LIST_OPTIONS",
-    "METHODS",
-    "PROFILES",
-    "WORLDS",
-    "ConvertedCheckpoint",
-    "DamagedRowWarning",
-    "ExperimentConfig",
-    "ExportedModel",
-    "StaleRowWarning",
-    "UnnamedDatasetError",
-    "UnsafeCheckpointError",
-    "UntrustedCheckpointError",
-    "append_result",
-    "check_dataset",
-    "checked_data",
-    "config_hash",
-    "convert_checkpoint",
-    "evaluate_checkpoint",
-    "expand_grid",
-    "export_checkpoint",
-    "find_result",
-    "list_setting",
-    "load_exported",
-    "notebook_settings",
-    "project_paths",
-    "provenance",
-    "read_results",
-    "run_demo",
-    "run_experiment",
-    "run_sweep",
-    "summarize",
-]
+from importlib import import_module
+from typing import Any
+
+# Where each name lives, relative to this package.
+_HOMES: dict[str, tuple[str, ...]] = {
+    "..checkpoints": (
+        "ConvertedCheckpoint",
+        "UnsafeCheckpointError",
+        "UntrustedCheckpointError",
+        "convert_checkpoint",
+        "load_exported",
+    ),
+    "..machine": ("provenance",),
+    "..results_table": ("DEFAULT_RESULTS", "DamagedRowWarning", "RowNotWrittenWarning"),
+    ".checkpoint_ops": (
+        "ExportedModel",
+        "UnnamedDatasetError",
+        "check_dataset",
+        "evaluate_checkpoint",
+        "export_checkpoint",
+    ),
+    ".config": (
+        "DEFAULT_BACKBONE",
+        "DEFAULT_CACHE",
+        "DEFAULT_DATASET",
+        "DEFAULT_FIGURES",
+        "LIST_OPTIONS",
+        "METHODS",
+        "ExperimentConfig",
+        "config_hash",
+    ),
+    ".notebook": ("PROFILES", "WORLDS", "list_setting", "notebook_settings", "project_paths"),
+    ".results": ("StaleRowWarning", "append_result", "find_result", "read_results"),
+    ".runner": (
+        "DEMO_METHODS",
+        "checked_data",
+        "expand_grid",
+        "run_demo",
+        "run_experiment",
+        "run_sweep",
+        "summarize",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
+__all__ = sorted(_MODULE_OF, key=lambda n: (not n.isupper(), not n[0].isupper(), n))
+
+
+def __getattr__(name: str) -> Any:
+    """A name of this package, from its module (looked up each time: a test replacing
+    ``runner.run_experiment`` is seen here too, as with the eager imports this replaces)."""
+    if name in _MODULE_OF:
+        return getattr(import_module(_MODULE_OF[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -72,7 +72,7 @@ def evaluate_checkpoint(
             raise
         raise FileNotFoundError(
             f"{err}\n(data root {root!r} comes from checkpoint {str(path)!r}: if the data is elsewhere now, "
-            "pass data_root= its folder; CLI: --data-root)"
+            "pass its folder as data_root= (CLI: --data-root))"
         ) from err
     check_same_data(payload, data_identity(data.name, data.classnames), path, "score")
     hasher = hasher_from_checkpoint(payload, pretrained, device)
@@ -97,14 +97,17 @@ def check_dataset(
     data_root: str | os.PathLike | None = None,
     *,
     split_seed: int = 0,
+    download: bool = False,
     progress: bool = True,
     **options: Any,
 ) -> DataCheck:
     """Check a data set afresh: files, splits, duplicates, overlaps (CLI: ``kalahash check-data``).
 
-    ``options`` go to the loader (the list files of ``listfile``). Unlike :func:`checked_data`, which
-    runs remember, nothing is stored or reused.
+    ``download`` fetches a missing data set where a download exists (cifar10); ``options`` go to the
+    loader (the list files of ``listfile``). Unlike :func:`checked_data`, which runs remember, nothing
+    is stored or reused.
     """
     from ..data import check_data, load_dataset
 
-    return check_data(load_dataset(name, data_root, seed=split_seed, **options), progress=progress)
+    data = load_dataset(name, data_root, seed=split_seed, download=download, **options)
+    return check_data(data, progress=progress)

@@ -13,6 +13,16 @@ from typing import Any
 from ..presets import LORA_BASELINE, setting_hparams
 
 METHODS = ("lb", "fft", "lora", "clora", "kalahash", "zeroshot")
+# The default world of a run, the demo, the CLI and the notebooks' smoke profile: the offline world built
+# after CIFAR-10 and the 12-block CLIP pre-trained on its captions (README: The offline world).
+DEFAULT_DATASET = "objects10"
+DEFAULT_BACKBONE = "tiny-objects-m"
+# Where runs keep the frozen-prefix token cache (kalahash.cache), relative to the working directory.
+DEFAULT_CACHE = Path("cache/prefix")
+# Where the demo and the notebooks write figures and tables unless told otherwise: beside the results
+# table, a folder git ignores, so that running them never looks like a change to the repository (the
+# committed figures/ are refreshed on purpose: `kalahash reproduce --update-figures`).
+DEFAULT_FIGURES = Path("results/figures")
 # Which preset hyperparameters each method uses; the rest of a preset does not apply to it.
 _METHOD_KEYS = {
     "lb": (),
@@ -27,6 +37,17 @@ LIST_OPTIONS = ("train_list", "query_list", "database_list", "classnames")
 # Fields added after results tables existed: at their default they are left out of config_id, so the
 # ids of stored rows stay valid.
 _LATER_FIELDS: dict[str, Any] = {"knowledge": "true", **dict.fromkeys(LIST_OPTIONS)}
+
+
+def check_code_length(bits: Any) -> int:
+    """``bits`` if it is a code length a run may choose: a positive multiple of 8, since codes are
+    stored and indexed as bytes (``kalahash index``: faiss binary indexes take whole bytes)."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits <= 0 or bits % 8:
+        raise ValueError(
+            f"bits must be a positive multiple of 8 (codes are stored and indexed as whole bytes; the paper "
+            f"uses 16, 32 and 64), got {bits!r}"
+        )
+    return bits
 
 
 def config_hash(row: Mapping[str, Any]) -> str:
@@ -49,13 +70,13 @@ class ExperimentConfig:
     seeded with ``seed``. Method ``zeroshot`` trains nothing (``epochs`` is ignored).
     """
 
-    dataset: str = "shapes"
+    dataset: str = DEFAULT_DATASET
     data_root: str | None = None
     shots: int = 1
     bits: int = 16
     method: str = "kalahash"
     loss: str = "dpsh"
-    backbone: str = "tiny-shapes"
+    backbone: str = DEFAULT_BACKBONE
     pretrained: str | None = None
     seed: int = 42
     epochs: int = 100
@@ -78,6 +99,7 @@ class ExperimentConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_code_length(self.bits)
         from ..data import resolve_dataset_name
         from ..hashing import LOSSES
         from ..hashing.factory import check_knowledge_control
@@ -91,8 +113,10 @@ class ExperimentConfig:
         object.__setattr__(self, "hyperparameters", dict(self.hyperparameters))
         given = [name for name in LIST_OPTIONS if getattr(self, name) is not None]
         if self.dataset == "listfile" and len(given) < len(LIST_OPTIONS):
-            missing = ", ".join(n for n in LIST_OPTIONS if n not in given)
-            raise ValueError(f"dataset 'listfile' needs {missing} (CLI: --train-list ... --classnames)")
+            missing = ", ".join(
+                f"{n}= (CLI: --{n.replace('_', '-')})" for n in LIST_OPTIONS if n not in given
+            )
+            raise ValueError(f"dataset 'listfile' needs {missing}")
         if self.dataset != "listfile" and given:
             raise ValueError(
                 f"{', '.join(given)}: options of dataset 'listfile' only, not of {self.dataset!r}"
@@ -125,7 +149,7 @@ class ExperimentConfig:
         if self.method == "lora":
             base, source = dict(LORA_BASELINE), "release default config"
         elif keys:
-            p = setting_hparams(self.dataset, self.shots, self.bits)
+            p = setting_hparams(self.dataset, self.shots, self.bits, (self.backbone, self.pretrained))
             base, source = {k: p.hparams[k] for k in keys}, p.source
             if p.defaults and num_classes is not None and base["rank"] > num_classes:
                 base["rank"], source = num_classes, f"{source}; rank capped at the {num_classes} classes"

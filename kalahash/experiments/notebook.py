@@ -10,13 +10,19 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .config import DEFAULT_BACKBONE, DEFAULT_DATASET, DEFAULT_FIGURES
+
+# Where the notebooks write their figures and tables, when set (an absolute path, or relative to the
+# project): ``kalahash reproduce`` sets it to its runs folder.
+FIGURES_VARIABLE = "KALAHASH_FIGURES"
+
 WORLDS = ("shapes", "shapes-multi", "objects10", "objects10-multi")
 # Notebook profiles: "smoke" runs end-to-end on a CPU in minutes on the built-in offline world (CI runs
 # it); "paper" is the paper's setting (CLIP ViT-B/32 with OpenAI weights, 1-8 shots, three seeds).
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
-        "dataset": "objects10",
-        "backbone": "tiny-objects-m",
+        "dataset": DEFAULT_DATASET,
+        "backbone": DEFAULT_BACKBONE,
         "pretrained": None,
         "shots": [1, 2, 4],
         "scaling_shots": [1, 2, 4, 8],
@@ -97,7 +103,9 @@ def project_paths(start: str | os.PathLike | None = None) -> dict[str, Path]:
     working directory holding both ``kalahash/`` and ``notebooks/``), else under the working directory.
 
     Notebooks run with their own folder or the repository root as working directory; both land in the
-    same ``results/`` and ``figures/``.
+    same ``results/``. Figures go to ``$KALAHASH_FIGURES`` when it is set (``kalahash reproduce``: its
+    runs folder), else to ``results/figures/``, which git ignores: executing a notebook (Jupyter, nbval)
+    never rewrites the committed ``figures/``; ``kalahash reproduce --update-figures`` refreshes them.
     """
     here = Path(start or Path.cwd()).resolve()
     root = next(
@@ -107,6 +115,6 @@ def project_paths(start: str | os.PathLike | None = None) -> dict[str, Path]:
         "root": root,
         "results": root / "results" / "results.csv",
         "workdir": root / "results",
-        "figures": root / "figures",
+        "figures": root / os.environ.get(FIGURES_VARIABLE, DEFAULT_FIGURES),
         "cache": root / "cache" / "prefix",
     }

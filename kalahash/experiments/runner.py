@@ -24,12 +24,11 @@ from ..fileio import atomic_write_text
 from ..history import FLAG_MARK, group_flags, history_path, history_summary, save_history
 from ..loader import LoaderOptions
 from ..machine import provenance, resolve_device
-from ..results_table import DEFAULT_RESULTS
+from ..results_table import DEFAULT_RESULTS, check_writable, keep_unwritten_row
 from ..train import TRAINING_LOOP, PrefixCache, TrainConfig, evaluate, fit, save_checkpoint
-from .config import ExperimentConfig
+from .config import DEFAULT_BACKBONE, DEFAULT_CACHE, DEFAULT_DATASET, DEFAULT_FIGURES, ExperimentConfig
 from .results import append_result, find_result
 
-DEFAULT_CACHE = Path("cache/prefix")
 # the phases of a run before evaluation, timed in its row as <phase>_seconds (then encode and map)
 RUN_PHASES = ("load", "check", "build", "fit")
 
@@ -97,12 +96,22 @@ def run_experiment(
     from ..hashing import build_hasher
 
     if resume and checkpoint is None:
-        raise ValueError("resume=True needs checkpoint=, the file to resume from (CLI: --checkpoint)")
+        raise ValueError("resume=True needs checkpoint= (CLI: --checkpoint), the file to resume from")
     workdir = Path(workdir) if workdir is not None else Path(results or DEFAULT_RESULTS).parent
     if results is not None and not force:
         stored = find_result(cfg, results)
         if stored is not None:
             return {**stored, "skipped": True}
+    if results is not None:
+        check_writable(Path(results).parent, f"results table {results}", "results= (CLI: --results)")
+    if results is None or workdir != Path(results).parent:
+        check_writable(workdir, "folder of split lists and run histories", "workdir= (CLI: --workdir)")
+    if checkpoint is not None and not resume and not force and Path(checkpoint).exists():
+        raise FileExistsError(
+            f"checkpoint file {str(checkpoint)!r} already exists and holds {_checkpoint_contents(checkpoint)}: "
+            "continue it with resume=True (CLI: --resume), write another file, or pass force=True (CLI: "
+            "--force) to overwrite it"
+        )
     device = resolve_device(device)
     loader = LoaderOptions(workers, device_preprocess)
     if cache is not None and not isinstance(cache, PrefixCache):
@@ -110,6 +119,12 @@ def run_experiment(
     clock = [time.perf_counter()]
     data = load_dataset(cfg.dataset, cfg.data_root, seed=cfg.split_seed, **cfg.data_options())
     clock.append(time.perf_counter())
+    if len(data.classnames) < 2:
+        raise ValueError(
+            f"data set {cfg.dataset!r} has one class ({data.classnames[0]!r}): every database image is "
+            "relevant to every query, so any codes score mAP 1.0 and the run would show nothing; give at "
+            "least two classes (for --dataset folder: a sub-folder per class)"
+        )
     check = checked_data(data, Path(workdir) / "data_checks", progress=progress)
     clock.append(time.perf_counter())
     if not check["ok"] and not allow_failed_check:
@@ -196,8 +211,25 @@ def run_experiment(
             **extra,
         )
     if results is not None:
-        append_result(row, results)
+        try:
+            append_result(row, results)
+        except OSError as err:  # e.g. the folder turned read-only during the run: keep the row anyway
+            keep_unwritten_row(row, results, err)
     return {**row, "skipped": False, "resumed_from_epoch": trained.resumed_from_epoch}
+
+
+def _checkpoint_contents(path: str | os.PathLike) -> str:
+    """What an existing checkpoint file holds, in a few words, for the refusal to overwrite it."""
+    from ..checkpoints import load_checkpoint
+
+    try:
+        payload = load_checkpoint(path)
+    except (ValueError, OSError) as err:
+        return f"something else: {err}"
+    run = payload.get("experiment", {})
+    done = f", {payload['epoch']} of {run['epochs']} epochs" if "epoch" in payload and "epochs" in run else ""
+    setting = f"{run['dataset']!r}, {run['shots']} shot(s), seed {run['seed']}, " if "dataset" in run else ""
+    return f"a {payload['method']} run on {payload['backbone']['name']!r} ({setting}{payload['bits']} bits{done})"
 
 
 def expand_grid(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]]) -> list[ExperimentConfig]:
@@ -257,45 +289,37 @@ DEMO_METHODS = ("lb", "fft", "lora", "kalahash")
 
 
 def run_demo(
-    out_dir: str | os.PathLike = "figures",
+    out_dir: str | os.PathLike = DEFAULT_FIGURES,
     results: str | os.PathLike = DEFAULT_RESULTS,
     *,
-    dataset: str = "objects10",
-    backbone: str = "tiny-objects-m",
+    dataset: str = DEFAULT_DATASET,
+    backbone: str = DEFAULT_BACKBONE,
     shots: int = 1,
     bits: int = 16,
     epochs: int = 100,
-    seed: int = 42,
+    batch_size: int = 8,
+    seeds: Iterable[int] = (42,),
     force: bool = False,
     progress: bool = True,
     cache: str | os.PathLike | None = DEFAULT_CACHE,
 ) -> pd.DataFrame:
     """The README's main job: LB, FFT, plain LoRA and KALAHash on the built-in offline world
-    (``objects10`` with the 12-block ``tiny-objects-m`` CLIP by default).
+    (``objects10`` with the 12-block ``tiny-objects-m`` CLIP by default), one run per method and seed.
 
-    Split lists and data checks go beside ``results``; ``cache`` is the prefix cache folder (None: none).
+    Returns a row per run; the figure (mean ± std over ``seeds``) and the table go to ``out_dir``. Split
+    lists and data checks go beside ``results``; ``cache`` is the prefix cache folder (None: none).
     """
     from ..plots import bar_by_method, save_figure, save_table
 
     base = ExperimentConfig(
-        dataset=dataset, backbone=backbone, shots=shots, bits=bits, epochs=epochs, seed=seed
+        dataset=dataset, backbone=backbone, shots=shots, bits=bits, epochs=epochs, batch_size=batch_size
     )
     options = {"results": results, "cache": cache, "force": force, "progress": progress}
-    rows = pd.DataFrame([run_experiment(replace(base, method=m), **options) for m in DEMO_METHODS])
-    table = rows[
-        [
-            "method",
-            "map",
-            "map_at",
-            "p_at_100",
-            "train_seconds",
-            "trainable_params",
-            "hparams_source",
-            "flags",
-        ]
-    ]
+    grid = itertools.product(DEMO_METHODS, list(seeds))
+    rows = pd.DataFrame([run_experiment(replace(base, method=m, seed=s), **options) for m, s in grid])
+    columns = ["method", "seed", "map", "map_at", "p_at_100", "train_seconds", "trainable_params"]
+    table = rows[[*columns, "hparams_source", "flags"]]
     save_table(rows, "demo_results", out_dir=out_dir)
     title = f"{dataset}, {shots}-shot, {bits} bits (offline world, {backbone})"
-    summary = rows.rename(columns={"map": "mean"}).assign(std=0.0)
-    save_figure(bar_by_method(summary, title), "demo_map", rows, out_dir=out_dir)
+    save_figure(bar_by_method(summarize(rows), title), "demo_map", rows, out_dir=out_dir)
     return table

@@ -6,12 +6,14 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
 
+from kalahash.backbones import UnknownWordsWarning
 from kalahash.lora import (
     ADAPTER_KINDS,
     DEFAULT_BLOCKS,
@@ -174,14 +176,30 @@ def uses_knowledge(method: str, hparams: dict[str, Any]) -> bool:
     return spec["adapter"] == "clora" or spec["zeroshot"] or uses_kiddo(method, hparams)
 
 
+def warn_unknown_words(backbone: Backbone, classnames: Sequence[str], template: str) -> None:
+    """Warn (:class:`UnknownWordsWarning`) when the class prompts hold words the backbone has no trained
+    tokens for: their text embeddings are near-identical, so K carries nothing of those classes."""
+    unknown = backbone.unknown_words([template.format(c) for c in classnames])
+    if unknown:
+        warnings.warn(
+            f"backbone {backbone.name!r} knows only the words of its world's captions, and the class prompts "
+            f"use words it never learned: {', '.join(unknown)}. Their text embeddings are near-identical, so "
+            "what reads the class text (CLoRA's pool, KIDDO's anchors, zero-shot codes) learns nothing of "
+            "these classes; use a CLIP that knows them (e.g. backbone ViT-B-32 with pretrained openai)",
+            UnknownWordsWarning,
+            stacklevel=3,
+        )
+
+
 def check_knowledge_control(method: str, hparams: dict[str, Any], knowledge: Any) -> str:
     """``knowledge`` if it is a control mode this method (with these hparams) can take: a control other
     than ``"true"`` needs a method that reads K (:func:`uses_knowledge`)."""
     knowledge = check_knowledge_mode(knowledge)
     if knowledge != "true" and not uses_knowledge(method, hparams):
         raise ValueError(
-            f"knowledge={knowledge!r} is a control for methods that read K (clora, kalahash, zeroshot, or "
-            f"any method with kiddo=True); method {method!r} does not: use knowledge='true'"
+            f"knowledge {knowledge!r} is a control for methods that read K (clora, kalahash, zeroshot, or "
+            f"any method with kiddo=True); method {method!r} does not: use knowledge='true' (CLI: "
+            "--knowledge true, the default)"
         )
     return knowledge
 
@@ -297,6 +315,8 @@ def build_hasher(
             "load_backbone(...) or pass copy.deepcopy(backbone)"
         )
     criterion = build_criterion(hp)
+    if uses_knowledge(method, hp):
+        warn_unknown_words(backbone, classnames, hp["template"])
     knowledge = backbone.text_knowledge(classnames, hp["template"])
     knowledge = control_knowledge(knowledge, hp["knowledge"], hp["knowledge_seed"])
     spec = METHODS[method]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-KNOWLEDGE_MODES = ("true", "permuted", "random")
+from kalahash.presets import KNOWLEDGE_MODES
 
 
 def check_knowledge_mode(mode: object) -> str:
