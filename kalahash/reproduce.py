@@ -23,7 +23,8 @@ from typing import Any
 
 import pandas as pd
 
-from .experiments import launcher_setting, project_paths
+from .experiments import Launcher, launcher_setting, project_paths
+from .experiments.launch import require_launcher
 from .experiments.notebook import FIGURES_VARIABLE
 from .fileio import atomic_write_text
 
@@ -152,7 +153,8 @@ def reproduce(
     run_dir = previous or _new_run_dir(root / "runs")
     manifest = _read_manifest(run_dir) if previous else {"request": request, "notebooks": {}}
     parameters = {"profile": profile, **({"dataset": dataset} if dataset is not None else {})}
-    if launcher_setting(launcher) is not None:
+    if Launcher.of(launcher) is not None:
+        require_launcher(Launcher.of(launcher))  # before any notebook: each would stop on it
         parameters["launcher"] = launcher_setting(launcher)
     began = time.time()
     figures = run_dir / "figures"

@@ -48,6 +48,16 @@ def _comparable(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 @pytest.fixture
+def slurm_commands(monkeypatch):
+    """A machine that looks like a cluster's login node: sbatch and srun on the PATH."""
+    import shutil
+
+    which = shutil.which
+    found = lambda name, *a, **k: f"/usr/bin/{name}" if name in ("sbatch", "srun") else which(name, *a, **k)  # noqa: E731
+    monkeypatch.setattr(shutil, "which", found)
+
+
+@pytest.fixture
 def one_thread(monkeypatch):
     """Jobs inherit the environment: one thread each, as the tests' own process (conftest)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -85,7 +95,7 @@ def test_launcher_checks_its_options():
         Launcher("local", wait=False)
 
 
-def test_cli_refuses_launcher_options_without_a_launcher_or_for_the_other_one(tmp_path, capsys):
+def test_cli_refuses_launcher_options_without_a_launcher_or_for_the_other_one(tmp_path, capsys, monkeypatch):
     args = ["sweep", "--dataset", "shapes", "--backbone", "tiny", "--results", str(tmp_path / "r.csv")]
     assert main([*args, "--jobs", "2", "--slurm-partition", "gpu"]) == 2
     assert (
@@ -94,6 +104,11 @@ def test_cli_refuses_launcher_options_without_a_launcher_or_for_the_other_one(tm
     )
     assert main([*args, "--launcher", "local", "--max-parallel", "2"]) == 2
     assert "--max-parallel: options of the slurm launcher, not of the local one" in capsys.readouterr().err
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch, no srun here
+    assert main([*args, "--launcher", "slurm"]) == 2
+    err = capsys.readouterr().err
+    assert "sbatch and srun are not on this machine's PATH: launch from the cluster's login node" in err
+    assert "or use --launcher local" in err
     assert not (tmp_path / "r.csv").exists()
     extra = [
         "--slurm-extra",
@@ -261,17 +276,13 @@ def _run_array_task(script: str, task: int, job) -> subprocess.CompletedProcess:
         return subprocess.run(python, env=env, stdout=out, stderr=err, timeout=300)
 
 
-def test_slurm_array_script_and_its_tasks_without_a_cluster(tmp_path, monkeypatch, one_thread):
-    import shutil
-
+def test_slurm_array_script_and_its_tasks_without_a_cluster(
+    tmp_path, monkeypatch, one_thread, slurm_commands
+):
     import submitit.core.utils
 
     FakeSbatch.scripts = []
     monkeypatch.setattr(submitit.core.utils, "CommandFunction", FakeSbatch)
-    which = shutil.which
-    monkeypatch.setattr(
-        shutil, "which", lambda name, *a, **k: "/usr/bin/srun" if name == "srun" else which(name, *a, **k)
-    )
     good = replace_method(BASE, "lb")
     broken = ExperimentConfig(
         dataset="folder", data_root=str(tmp_path / "no-such-folder"), backbone="tiny", epochs=1
@@ -406,7 +417,7 @@ def test_a_study_with_a_launcher_gets_rows_and_diverged_arms_and_stops_on_other_
         run_arms(arms, launcher={"kind": "slurm", "wait": False})
 
 
-def test_reproduce_passes_the_launcher_to_every_notebook(tmp_path, monkeypatch, capsys):
+def test_reproduce_passes_the_launcher_to_every_notebook(tmp_path, monkeypatch, capsys, slurm_commands):
     (tmp_path / "kalahash").mkdir()
     (tmp_path / "notebooks").mkdir()
     nb = nbformat.v4.new_notebook()

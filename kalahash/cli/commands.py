@@ -11,7 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .launch import launched_sweep, launcher_from_args
+from .launch import checked_launcher, launched_sweep
 from .options import base_config, cache_folder, list_options, print_table, run_kwargs, warn_flags
 
 
@@ -70,7 +70,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     base = base_config(args)
     grid = {"shots": args.shots, "bits": args.bits, "method": args.methods, "seed": args.seeds}
-    launcher = launcher_from_args(args)
+    launcher = checked_launcher(args)
     if launcher is not None:
         return launched_sweep(launcher, expand_grid(base, grid), run_kwargs(args))
     rows = run_sweep(base, grid, **run_kwargs(args))
@@ -217,7 +217,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         kernel=args.kernel,
         update_figures=args.update_figures,
-        launcher=launcher_from_args(args),
+        launcher=checked_launcher(args),
     )
     print_table(done.table[["notebook", "status", "seconds", "output"]])
     for line in done.table[done.table["error"] != ""].itertuples():

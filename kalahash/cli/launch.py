@@ -129,14 +129,25 @@ def launcher_from_args(args: argparse.Namespace) -> Launcher | None:
     )
 
 
+def checked_launcher(args: argparse.Namespace) -> Launcher | None:
+    """:func:`launcher_from_args`, refused at once (before any run) when submitit, or Slurm for
+    ``--launcher slurm``, is not on this machine."""
+    from ..experiments.launch import SubmititMissingError, require_launcher
+
+    launcher = launcher_from_args(args)
+    if launcher is not None:
+        try:
+            require_launcher(launcher)
+        except SubmititMissingError as err:
+            raise ValueError(str(err)) from None
+    return launcher
+
+
 def launched_sweep(launcher: Launcher, configs: list, run_kwargs: dict[str, Any]) -> int:
     """``kalahash sweep --launcher ...``: submit the missing runs, wait, print the table and the failures."""
-    from ..experiments import SubmititMissingError, launch_runs, summarize
+    from ..experiments import launch_runs, summarize
 
-    try:
-        done = launch_runs(configs, launcher, **run_kwargs)
-    except SubmititMissingError as err:
-        raise ValueError(str(err)) from None
+    done = launch_runs(configs, launcher, **run_kwargs)
     results = run_kwargs["results"]
     print(f"{done.stored} run(s) stored before, {done.submitted} submitted")
     if not launcher.wait:

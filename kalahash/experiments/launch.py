@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -52,18 +53,30 @@ class SubmititMissingError(ImportError):
     """A launcher was asked for, but submitit is not installed."""
 
 
+class SlurmMissingError(FileNotFoundError):
+    """The slurm launcher was asked for on a machine without Slurm's commands (sbatch, srun)."""
+
+
 class LaunchError(RuntimeError):
     """Launched runs failed; their rows are missing (each named, with its log and error line)."""
 
 
-def require_submitit() -> Any:
-    """The submitit module, or an error that says how to install it."""
+def require_launcher(launcher: Launcher) -> Any:
+    """The submitit module, once it and (for Slurm) the cluster's commands are there; otherwise an error
+    that says what to install or where to launch from."""
     try:
         import submitit
     except ImportError:
         raise SubmititMissingError(
             "the local and slurm launchers run on submitit, which is not installed: pip install submitit"
         ) from None
+    missing = [c for c in ("sbatch", "srun") if launcher.kind == "slurm" and shutil.which(c) is None]
+    if missing:
+        raise SlurmMissingError(
+            f"the slurm launcher submits with Slurm's sbatch and srun; {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not on this machine's PATH: launch from the cluster's "
+            "login node, or use launcher='local' (CLI: --launcher local)"
+        )
     return submitit
 
 
@@ -238,7 +251,7 @@ def launch_runs(
         raise ValueError("launch_runs needs a launcher: 'local', 'slurm' or a Launcher")
     if results is None:
         raise ValueError("launched runs need results= (CLI: --results): their rows are merged into it")
-    submitit = require_submitit()
+    submitit = require_launcher(launcher)
     from ..results_table import check_writable
 
     results = Path(results).resolve()
