@@ -21,12 +21,14 @@ import pandas as pd
 from .experiments import (
     PROFILES,
     ExperimentConfig,
+    diverged_row,
+    launched_rows,
     list_setting,
     notebook_settings,
     run_experiment,
     summarize,
 )
-from .history import DIVERGED
+from .history import DIVERGED as DIVERGED  # studies.DIVERGED: the flag of a diverged arm
 
 MAIN_DATASETS = ("cifar10", "nuswide", "coco")
 MAIN_BITS = (16, 32, 64)
@@ -538,22 +540,24 @@ def embedding_grid(settings: Mapping[str, Any], bits: int = 16) -> list[Arm]:
 
 def _run_arm(arm: Arm, run_options: Mapping[str, Any]) -> dict[str, Any]:
     """One arm's row. An arm whose loss became non-finite is a result of the study, not a crash: its
-    row has NaN mAP, the flag :data:`DIVERGED` and the error in ``error`` (it is not stored, so it
-    runs again next time and stops the same way)."""
+    row is :func:`~kalahash.experiments.diverged_row` (NaN mAP, the flag :data:`DIVERGED`)."""
     try:
         row = run_experiment(arm.config, **run_options)
     except FloatingPointError as err:
-        nan = float("nan")
-        row = {"config_id": arm.config.config_id, **arm.config.to_row(), "map": nan,
-               "map_ties_index": nan, "map_ties_average": nan, "flags": DIVERGED, "error": str(err)}  # fmt: skip
+        row = diverged_row(arm.config, str(err))
     return {"study": arm.study, "variant": arm.label, **row}
 
 
-def run_arms(arms: Sequence[Arm], **run_options: Any) -> pd.DataFrame:
+def run_arms(arms: Sequence[Arm], launcher: Any = None, **run_options: Any) -> pd.DataFrame:
     """Run every arm (``run_options`` go to :func:`run_experiment`; stored results are reused) and
     return their rows, with the arm's ``study`` and ``variant`` (label) in front. An arm that diverged
-    gets NaN mAP and the flag :data:`DIVERGED` rather than stopping the study."""
-    return pd.DataFrame([_run_arm(a, run_options) for a in arms])
+    gets NaN mAP and the flag :data:`DIVERGED` rather than stopping the study. With ``launcher``
+    ("local", "slurm" or a :class:`~kalahash.experiments.Launcher`) the missing runs go out as jobs
+    (:func:`~kalahash.experiments.launched_rows`) and the rows come back once they have all ended."""
+    if launcher is None:
+        return pd.DataFrame([_run_arm(a, run_options) for a in arms])
+    rows = launched_rows([a.config for a in arms], launcher, **run_options)
+    return pd.DataFrame([{"study": a.study, "variant": a.label, **rows[a.config.config_id]} for a in arms])
 
 
 def _rule_columns(rule: str) -> list[str]:

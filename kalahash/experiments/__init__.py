@@ -13,6 +13,9 @@ What lives here (import the names from ``kalahash.experiments``; the modules are
   (:func:`evaluate_checkpoint`, :func:`export_checkpoint`, :func:`check_dataset`); from
   ``kalahash.checkpoints``, :func:`convert_checkpoint` (``kalahash convert-checkpoint``) and
   :func:`load_exported`;
+- ``launch``: runs as submitit jobs, locally or on Slurm (:class:`Launcher`, :func:`launch_runs`,
+  :func:`launched_rows`); ``runfiles``: one result file per launched run, the job that writes it
+  (:class:`RunJob`) and their merge into the table (:func:`collect_runs`);
 - ``notebook``: the notebooks' ``PROFILES``, :func:`notebook_settings`, :func:`list_setting` (papermill's
   list parameters) and :func:`project_paths`.
 
@@ -57,8 +60,21 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "ExperimentConfig",
         "config_hash",
     ),
+    ".launch": (
+        "LAUNCHERS",
+        "LaunchError",
+        "Launched",
+        "Launcher",
+        "SlurmMissingError",
+        "SubmititMissingError",
+        "launch_runs",
+        "launched_rows",
+        "launcher_setting",
+        "require_launcher",
+    ),
     ".notebook": ("PROFILES", "WORLDS", "list_setting", "notebook_settings", "project_paths"),
     ".results": ("StaleRowWarning", "append_result", "find_result", "read_results"),
+    ".runfiles": ("Collected", "FailedRun", "RunJob", "collect_runs", "diverged_row", "run_paths"),
     ".runner": (
         "DEMO_METHODS",
         "checked_data",
