@@ -15,10 +15,13 @@ what ran before). Every table names its device.
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -66,6 +69,22 @@ def noise_reading(ratio: float, spread: float) -> str:
     return "slower" if ratio > 1 else "faster"
 
 
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """The profiler's native library logs its start and stop (and allocations older than the measurement)
+    straight to the process's stderr, file descriptor 2: that noise is sent to the null device meanwhile, so
+    a notebook's output shows only what kalahash says."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_tensor_mib(fn: Callable[[], Any], device: torch.device) -> tuple[float, str]:
     """The peak of tensor memory torch allocates while ``fn`` runs, above what was allocated when it
     began, in MiB, and how it was measured: CUDA's allocator on a GPU; on the CPU the running sum of the
@@ -81,7 +100,7 @@ def peak_tensor_mib(fn: Callable[[], Any], device: torch.device) -> tuple[float,
         ) / 2**20, "CUDA allocator peak above the start"
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     live = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):

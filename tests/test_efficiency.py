@@ -83,3 +83,8 @@ def test_time_map_times_both_tie_rules_on_the_data_sets_sizes(tmp_path):
     )
     with pytest.raises(ValueError, match="bits must be a positive int"):
         time_map(data, bits=0)
+
+
+def test_the_profiler_leaves_nothing_on_stderr(capfd):
+    peak_tensor_mib(lambda: torch.ones(1000), CPU)
+    assert capfd.readouterr().err == ""  # its native start/stop lines would land in a notebook's output
