@@ -176,15 +176,17 @@ def _bars(
             ax.text(
                 i, top * 0.02, "diverged", ha="center", va="bottom", rotation=90, fontsize=8, color="#C44E52"
             )
-        elif many:  # upright values would overlap their neighbours: turned, with the flag above them
+        elif many:  # upright values would overlap their neighbours: turned (the flag goes on the bar's name)
             ax.text(i, v + e + top * 0.01, f"{v:.3f}", ha="center", va="bottom", fontsize=7, rotation=90)
-            if flagged:
-                ax.text(i, v + e + top * 0.16, "⚑", ha="center", va="bottom", fontsize=7)
         else:
             text = f"{v:.3f}" + (" ⚑" if flagged else "")
             ax.text(i, v + e + top * 0.01, text, ha="center", va="bottom", fontsize=7)
     tilted = len(positions) > 3
-    ax.set_xticks(positions, [_label(x) for x in summary[label]], rotation=30 if tilted else 0,
+    names = [
+        _label(x) + (" ⚑" if many and flag else "")
+        for x, flag in zip(summary[label], _flagged(summary), strict=True)
+    ]
+    ax.set_xticks(positions, names, rotation=30 if tilted else 0,
                   ha="right" if tilted else "center", fontsize=8)  # fmt: skip
     ax.set_ylim(0, top * (1.4 if many else 1.18))
 

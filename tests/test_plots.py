@@ -81,3 +81,14 @@ def test_a_line_marks_a_diverged_point_and_flagged_points():
     fig = shot_scaling(summary, "t")
     assert sorted(_texts(fig.axes[0])) == ["⚑", "✕ diverged"]
     plt.close(fig)
+
+
+def test_many_bars_turn_their_values_and_carry_the_flag_on_their_names():
+    summary = pd.DataFrame({"study": "s", "variant": [f"v{i}" for i in range(8)], "mean": 0.2, "std": 0.01,
+                            "flags": ["anchors_collapsed×1"] + [""] * 7})  # fmt: skip
+    fig = bar_panels(summary, "t", panel="study")
+    ax = fig.axes[0]
+    names = [t.get_text() for t in ax.get_xticklabels()]
+    assert names[0] == "v0 ⚑" and names[1] == "v1"
+    assert {t.get_rotation() for t in ax.texts} == {90.0} and "⚑" not in "".join(_texts(ax))
+    plt.close(fig)
