@@ -1,9 +1,13 @@
 """The import direction of the package: data → backbones → adapters → hashing → train → experiments →
 studies → cli.
 
-Every module of ``kalahash`` has a layer; a module may import only from layers strictly below its own
-(or from inside its own package). Imports under ``if TYPE_CHECKING:`` are for type hints only and are
-not counted. A new top-level module must be given a layer here, so the rule is decided, not drifted into.
+Every module of ``kalahash`` has a layer; a module may import only from layers strictly below its own,
+or from inside its own package at its own layer or below. A package's modules share its layer unless
+the table gives one of them its own (``"worlds.pretrain"``). Every form of import counts
+(``import kalahash.x``, ``from kalahash import x``, ``from kalahash.x import y``, relative imports of any
+depth, ``from . import x``), inside functions too; imports under ``if TYPE_CHECKING:`` are for type hints
+only and are not counted. A new top-level module must be given a layer here, so the rule is decided,
+not drifted into.
 """
 
 from __future__ import annotations
@@ -67,12 +71,24 @@ LAYERS = {
 }
 
 
-def _top_level(path: Path) -> str:
-    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+def _dotted(path: Path) -> str:
+    """The module's name below ``kalahash``: ``data.checks``, ``experiments`` for its ``__init__``."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
-_MODULE_NAMES = {_top_level(p) for p in MODULES}  # names such as __version__ are not modules
+_NAMES = {_dotted(p) for p in PACKAGE.rglob("*.py")} - {""}  # every module and package of kalahash
+
+
+def _layer_key(name: str) -> str:
+    """The entry of LAYERS that decides module ``name``'s layer: its own, else its package's."""
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        key = ".".join(parts[:end])
+        if key in LAYERS:
+            return key
+    return parts[0]
 
 
 def _type_checking_nodes(tree: ast.AST) -> set[int]:
@@ -83,51 +99,66 @@ def _type_checking_nodes(tree: ast.AST) -> set[int]:
     return skipped
 
 
+def _targets(base: str, names: list[str]) -> list[str]:
+    """What ``from <base> import <names>`` imports: each name that is a module of kalahash, else
+    ``base`` itself (``base`` is below ``kalahash``, "" for the package)."""
+    found = []
+    for name in names:
+        sub = f"{base}.{name}" if base else name
+        if sub in _NAMES:
+            found.append(sub)
+        elif base:
+            found.append(base)
+    return found
+
+
 def _imported_modules(path: Path, source: str | None = None) -> list[tuple[int, str]]:
-    """(line, top-level kalahash module) for every import in the file, local imports included."""
+    """(line, LAYERS entry of the imported kalahash module) for every import in the file, local
+    imports included."""
     tree = ast.parse(path.read_text() if source is None else source)
     skipped = _type_checking_nodes(tree)
-    package_parts = path.relative_to(PACKAGE).parent.parts
+    package = _dotted(path).split(".") if path.name == "__init__.py" else _dotted(path).split(".")[:-1]
     found = []
     for node in ast.walk(tree):
         if id(node) in skipped:
             continue
         if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = list(package_parts[: len(package_parts) - (node.level - 1)])
-                module = [*base, *(node.module.split(".") if node.module else [])]
-                # "from . import data" at the top imports the sibling modules themselves
-                names = (
-                    [".".join(["kalahash", *module, a.name]) for a in node.names]
-                    if not module
-                    else [".".join(["kalahash", *module])]
-                )
-            else:
-                names = [node.module or ""]
+            names = [a.name.removeprefix("kalahash.") for a in node.names if a.name.startswith("kalahash.")]
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - (node.level - 1)]
+            base = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            names = _targets(base, [a.name for a in node.names])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "kalahash":
+            base = node.module.removeprefix("kalahash").removeprefix(".")
+            names = _targets(base, [a.name for a in node.names])
         else:
             continue
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "kalahash" and len(parts) > 1 and parts[1] in _MODULE_NAMES:
-                found.append((node.lineno, parts[1]))
+        found += [(node.lineno, _layer_key(name)) for name in names]
     return found
 
 
 def test_every_module_has_a_layer():
-    missing = sorted({_top_level(p) for p in MODULES} - set(LAYERS))
+    missing = sorted({_dotted(p).split(".")[0] for p in MODULES} - set(LAYERS))
     assert not missing, f"give these modules a layer in LAYERS: {missing}"
+
+
+def test_every_layer_names_a_module():
+    stale = sorted(set(LAYERS) - _NAMES)
+    assert not stale, f"LAYERS names modules that do not exist: {stale}"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_imports_point_down(path):
-    here = _top_level(path)
-    wrong = [
-        f"line {line}: {here} (layer {LAYERS[here]}) imports {target} (layer {LAYERS[target]})"
-        for line, target in _imported_modules(path)
-        if target != here and LAYERS[target] >= LAYERS[here]
-    ]
+    here = _layer_key(_dotted(path))
+    wrong = []
+    for line, target in _imported_modules(path):
+        if target == here:
+            continue
+        inside = target.split(".")[0] == here.split(".")[0]  # the same package: its own layer is fine
+        if LAYERS[target] > LAYERS[here] or (LAYERS[target] == LAYERS[here] and not inside):
+            wrong.append(
+                f"line {line}: {here} (layer {LAYERS[here]}) imports {target} (layer {LAYERS[target]})"
+            )
     assert not wrong, "\n".join(wrong)
 
 
@@ -138,3 +169,29 @@ def test_the_checker_sees_a_wrong_import():
         "def f():\n    from ..world import make_retrieval_data\n    return make_retrieval_data\n"
     )
     assert _imported_modules(PACKAGE / "data" / "probe.py", source) == [(5, "world")]
+
+
+@pytest.mark.parametrize(
+    "where,source,expected",
+    [
+        ("data/probe.py", "from kalahash import world", ["world"]),
+        ("data/probe.py", "from kalahash import __version__, world", ["world"]),
+        ("data/probe.py", "import kalahash.world", ["world"]),
+        ("data/probe.py", "import kalahash.world as w, numpy", ["world"]),
+        ("data/probe.py", "from kalahash.experiments.runner import run_experiment", ["experiments"]),
+        ("data/probe.py", "from kalahash.experiments import runner", ["experiments"]),
+        ("data/probe.py", "from .. import world", ["world"]),
+        ("data/probe.py", "from ..world import caption_pool", ["world"]),
+        ("data/probe.py", "from . import checks", ["data"]),
+        ("data/probe.py", "from .checks import check_data", ["data"]),
+        ("hashing/losses/probe.py", "from ... import world", ["world"]),
+        ("hashing/losses/probe.py", "from ...world import caption_pool", ["world"]),
+        ("hashing/losses/probe.py", "from .. import model", ["hashing"]),
+        ("probe.py", "from . import world, data", ["world", "data"]),
+        ("probe.py", "from .world import caption_pool", ["world"]),
+        ("experiments/__init__.py", "from . import runner", ["experiments"]),
+        ("data/probe.py", "import numpy\nfrom numpy import kalahash", []),
+    ],
+)
+def test_the_checker_sees_every_import_form(where, source, expected):
+    assert [name for _, name in _imported_modules(PACKAGE / where, source)] == expected
