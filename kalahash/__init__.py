@@ -8,13 +8,14 @@ for each module.
    ``machine`` (device, provenance);
 1. ``metrics``, ``results_table``, ``data/`` (data sets, loaders, few-shot protocol, checks),
    ``history`` (run histories and flags), ``slip`` (SLIP models);
-2. ``world`` (the ``shapes`` worlds, registered with data), ``backbones``, ``codestore`` (codes folders),
-   ``loader`` (images to the device: workers, pinned memory, preprocessing on the device);
-3. ``objects10`` (the ``objects10`` worlds, drawn with world's primitives), ``lora`` (adapters);
+2. ``worlds/`` (the offline worlds ``shapes`` and ``objects10``, registered with data), ``backbones``,
+   ``codestore`` (codes folders), ``loader`` (images to the device: workers, pinned memory, preprocessing
+   on the device);
+3. ``worlds.pretrain`` (the tiny CLIPs' pre-training), ``lora`` (adapters);
 4. ``hashing/`` (heads, losses, KIDDO, the hasher and its factory);
 5. ``cache`` (the frozen-prefix cache), ``checkpoints``, ``plots``;
 6. ``train``, ``embeddings``, ``cache_size`` (the cache's expected and actual size);
-7. ``experiments/`` (runs, sweeps, notebook settings), ``pretrain``, ``search``;
+7. ``experiments/`` (runs, sweeps, notebook settings), ``search``;
 8. ``studies``, ``efficiency``, ``reproduce``, ``views`` (what the notebooks run);
 9. ``cli`` (and the notebooks).
 """
@@ -23,6 +24,6 @@ __version__ = "0.1.0"
 
 # The worlds register themselves with the data-set registry on import; importing them here, after
 # the rest, makes load_dataset("shapes") or ("objects10") work whatever the caller imported first.
-from . import data, objects10, world
+from . import data, worlds
 
-__all__ = ["__version__", "data", "objects10", "world"]
+__all__ = ["__version__", "data", "worlds"]

@@ -540,7 +540,7 @@ def test_class_names_a_tiny_clip_never_learned_are_warned_about():
     import warnings
 
     from kalahash.backbones import UnknownWordsWarning, load_backbone
-    from kalahash.objects10 import CLASSNAMES
+    from kalahash.worlds.objects10 import CLASSNAMES
 
     cifar = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     with pytest.warns(UnknownWordsWarning, match=r"never learned: airplane, automobile, bird, .*, truck\."):

@@ -16,7 +16,6 @@ from helpers import images_digest, row_hashes
 from safetensors import safe_open
 from scipy.stats import chi2
 
-from kalahash import objects10  # importing it registers objects10 and objects10-multi
 from kalahash.backbones import (
     BUILTIN_WEIGHTS,
     COMPACT_IDS,
@@ -25,8 +24,9 @@ from kalahash.backbones import (
     load_backbone,
 )
 from kalahash.data import load_dataset
-from kalahash.objects10 import CLASSNAMES, caption_pool, caption_words, make_retrieval_data
-from kalahash.pretrain import (
+from kalahash.worlds import objects10  # importing it registers objects10 and objects10-multi
+from kalahash.worlds.objects10 import CLASSNAMES, caption_pool, caption_words, make_retrieval_data
+from kalahash.worlds.pretrain import (
     _save_fp16_atomic,
     add_pretrain_tiny_arguments,
     chance_level,

@@ -4,7 +4,7 @@ Each command parses its options, calls one function and prints: ``demo`` → ``r
 ``run_experiment``, ``sweep`` → ``run_sweep``, ``eval`` → ``evaluate_checkpoint``, ``export`` →
 ``export_checkpoint``, ``convert-checkpoint`` → ``convert_checkpoint``, ``check-data`` →
 ``check_dataset`` (all in ``kalahash.experiments``),
-``pretrain-tiny`` → ``kalahash.pretrain.pretrain_tiny``, ``reproduce`` → ``kalahash.reproduce.reproduce``;
+``pretrain-tiny`` → ``kalahash.worlds.pretrain.pretrain_tiny``, ``reproduce`` → ``kalahash.reproduce.reproduce``;
 ``encode`` → ``encode_folder``, ``index`` → ``build_index``, ``search`` → ``search`` (in ``kalahash.search``).
 
 A user error (a ``ValueError`` or ``OSError`` of the Python twin) prints one line ``kalahash <command>:

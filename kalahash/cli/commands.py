@@ -151,7 +151,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain_tiny(args: argparse.Namespace) -> int:
-    from ..pretrain import pretrain_tiny
+    from ..worlds.pretrain import pretrain_tiny
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
     info = pretrain_tiny(**options)

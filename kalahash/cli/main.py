@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_pretrain_tiny_arguments(p: argparse.ArgumentParser) -> None:
-    from ..pretrain import add_pretrain_tiny_arguments
+    from ..worlds.pretrain import add_pretrain_tiny_arguments
 
     add_pretrain_tiny_arguments(p)
 

@@ -2,7 +2,7 @@
 
 No real CLIP weights or image data can be downloaded on our machines, so the demo, the notebooks'
 smoke profiles and the tests run in a small synthetic world where the paper's idea can still show:
-a tiny CLIP pre-trained on captions (``kalahash.pretrain``) holds real class-text knowledge, and the
+a tiny CLIP pre-trained on captions (:mod:`kalahash.worlds.pretrain`) holds real class-text knowledge, and the
 downstream classes need more than that knowledge gives zero-shot.
 
 Vocabulary. An object is a *shape* (circle, square, triangle, diamond, cross, star, heart) of a
@@ -506,7 +506,7 @@ def _cached_retrieval_data(name: str, seed: int) -> RetrievalData:
         part.images.flags.writeable = False
         part.labels.flags.writeable = False
     info = {
-        "source": "kalahash.world (generated in memory)",
+        "source": "kalahash.worlds.shapes (generated in memory)",
         "seed": seed,
         "held_out_pairs": sorted(f"{t} {s}" for t, s in HELD_OUT_PAIRS),
         "protocol": "query per class, database = all but query, train pool per class from the database",
@@ -537,6 +537,6 @@ def is_word_phrase(text: str) -> bool:
     return re.fullmatch(r"[a-z]+( [a-z]+)*", text) is not None
 
 
-# Registered at import, so load_dataset("shapes") works; kalahash/__init__ imports this module.
+# Registered at import, so load_dataset("shapes") works; kalahash.worlds imports this module.
 for _name in WORLD_DATASETS:
     register_world(_name, make_retrieval_data)

@@ -1,6 +1,6 @@
 """``objects10``: the second offline world, built after the paper's CIFAR-10 setting.
 
-Why a second world. ``shapes`` (``kalahash.world``) made the machinery testable offline, but its 12
+Why a second world. ``shapes`` (:mod:`kalahash.worlds.shapes`) made the machinery testable offline, but its 12
 class names are compositional (texture x shape), so its class-text knowledge K has effective rank 6,
 and its tiny CLIP has only 4 image blocks. This world keeps what matters in the paper's setting:
 
@@ -57,7 +57,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from kalahash.data import RetrievalData, register_world
-from kalahash.world import COLOURS, TEXTURES, protocol_splits, randints, seeded_rng, texture_mask
+
+from .shapes import COLOURS, TEXTURES, protocol_splits, randints, seeded_rng, texture_mask
 
 IMAGE_SIZE = 32
 CLASSNAMES: tuple[str, ...] = (
@@ -492,7 +493,7 @@ def _cached_retrieval_data(name: str, seed: int) -> RetrievalData:
         part.images.flags.writeable = False
         part.labels.flags.writeable = False
     info = {
-        "source": "kalahash.objects10 (generated in memory)",
+        "source": "kalahash.worlds.objects10 (generated in memory)",
         "seed": seed,
         "protocol": "query per class, database = all but query, train pool per class from the database",
     }
@@ -509,6 +510,6 @@ def make_retrieval_data(name: str, seed: int = 0) -> RetrievalData:
     return _cached_retrieval_data(name, _check_index("seed", seed))
 
 
-# Registered at import, so load_dataset("objects10") works; kalahash/__init__ imports this module.
+# Registered at import, so load_dataset("objects10") works; kalahash.worlds imports this module.
 for _name in WORLD_DATASETS:
     register_world(_name, make_retrieval_data)

@@ -13,15 +13,15 @@ from helpers import images_digest, row_hashes
 from open_clip.tokenizer import SimpleTokenizer
 from safetensors import safe_open
 
-from kalahash import world
 from kalahash.backbones import WEIGHTS_DIR, load_backbone
-from kalahash.pretrain import (
+from kalahash.worlds import shapes as world
+from kalahash.worlds.pretrain import (
     chance_level,
     images_to_tensor,
     pretrain_tiny,
     zero_shot_accuracy,
 )
-from kalahash.world import (
+from kalahash.worlds.shapes import (
     CLASSNAMES,
     HELD_OUT_PAIRS,
     WORLD_DATASETS,

@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kalahash import objects10, world
 from kalahash.backbones import BUILTIN_WEIGHTS, Backbone, CompactTokenEmbedding, load_backbone
 from kalahash.data import ImageList, RetrievalData, load_dataset
 from kalahash.fileio import atomic_write, atomic_write_text
+
+from . import objects10, shapes
 
 
 @dataclass(frozen=True)
@@ -52,15 +53,15 @@ class PretrainWorld:
 WORLDS: dict[str, PretrainWorld] = {
     # tiny-shapes keeps the full token table: its shipped weights predate compact storage.
     "shapes": PretrainWorld(
-        world.caption_pool,
-        "kalahash.world.caption_pool",
+        shapes.caption_pool,
+        "kalahash.worlds.shapes.caption_pool",
         "shapes",
         "shapes-multi",
-        held_out=frozenset(f"{t} {s}" for t, s in world.HELD_OUT_PAIRS),
+        held_out=frozenset(f"{t} {s}" for t, s in shapes.HELD_OUT_PAIRS),
     ),
     "objects10": PretrainWorld(
         objects10.caption_pool,
-        "kalahash.objects10.caption_pool",
+        "kalahash.worlds.objects10.caption_pool",
         "objects10",
         "objects10-multi",
         words=objects10.caption_words(),
@@ -464,7 +465,7 @@ def pretrain_tiny(
         "machine_note": "shared machine: wall time includes waiting for other jobs; CPU time does not",
         "started_utc": started.isoformat(timespec="seconds"),
         "call": (
-            f"kalahash.pretrain.pretrain_tiny(output={output.name!r}, seed={seed}, steps={steps}, "
+            f"kalahash.worlds.pretrain.pretrain_tiny(output={output.name!r}, seed={seed}, steps={steps}, "
             f"batch_size={batch_size}, lr={lr}, weight_decay={weight_decay}, warmup={warmup}, "
             f"threads={threads}, config={config!r}, world={world!r})"
         ),
@@ -530,7 +531,7 @@ def add_pretrain_tiny_arguments(parser: argparse.ArgumentParser) -> argparse.Arg
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m kalahash.pretrain [--steps N ...]``: the same as ``kalahash pretrain-tiny``."""
+    """``python -m kalahash.worlds.pretrain [--steps N ...]``: the same as ``kalahash pretrain-tiny``."""
     parser = add_pretrain_tiny_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     provenance = pretrain_tiny(**vars(parser.parse_args(argv)))
     print(json.dumps({k: v for k, v in provenance.items() if k != "knowledge"}, indent=2))
