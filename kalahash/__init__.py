@@ -4,14 +4,14 @@ What lives where, by layer: a module imports only from layers before its own (or
 package); tests/test_layout.py holds the table and checks it, README's "How the pieces fit" has a row
 for each module.
 
-0. ``fileio`` (atomic writes), ``hamming`` (the Hamming ranking engine), ``presets`` (hyperparameters),
-   ``machine`` (device, provenance);
+0. ``fileio`` (atomic writes), ``hamming`` (the Hamming ranking engine), ``machine`` (device, provenance);
 1. ``metrics``, ``results_table``, ``data/`` (data sets, loaders, few-shot protocol, checks),
    ``history`` (run histories and flags), ``slip`` (SLIP models);
 2. ``worlds/`` (the offline worlds ``shapes`` and ``objects10``, registered with data), ``backbones``,
    ``codestore`` (codes folders), ``loader`` (images to the device: workers, pinned memory, preprocessing
    on the device);
-3. ``worlds.pretrain`` (the tiny CLIPs' pre-training), ``lora`` (adapters);
+3. ``worlds.pretrain`` (the tiny CLIPs' pre-training), ``lora`` (adapters), ``presets`` (hyperparameters:
+   the released ones, and what the worlds' sets borrow of them);
 4. ``hashing/`` (heads, losses, KIDDO, the hasher and its factory);
 5. ``cache`` (the frozen-prefix cache), ``checkpoints``, ``plots``;
 6. ``train``, ``embeddings``, ``cache_size`` (the cache's expected and actual size);

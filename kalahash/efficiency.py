@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .experiments import ExperimentConfig
+from .experiments import DEFAULT_BACKBONE, DEFAULT_DATASET, ExperimentConfig
 from .machine import provenance, resolve_device
 
 EFFICIENCY_METHODS = ("lb", "fft", "lora", "clora", "kalahash")
@@ -136,10 +136,10 @@ def _subject(
 
 
 def measure_efficiency(
-    dataset: str = "objects10",
+    dataset: str = DEFAULT_DATASET,
     *,
     data_root: str | None = None,
-    backbone: str = "tiny-objects-m",
+    backbone: str = DEFAULT_BACKBONE,
     pretrained: str | None = None,
     methods: Sequence[str] = EFFICIENCY_METHODS,
     shots: int = 8,

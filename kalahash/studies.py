@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from .experiments import (
+    DEFAULT_DATASET,
     PROFILES,
     ExperimentConfig,
     list_setting,
@@ -27,6 +28,7 @@ from .experiments import (
     summarize,
 )
 from .history import DIVERGED
+from .worlds import WORLDS
 
 MAIN_DATASETS = ("cifar10", "nuswide", "coco")
 MAIN_BITS = (16, 32, 64)
@@ -35,7 +37,7 @@ TIE_RULES = ("index", "average")
 KIDDO_WEIGHTS = ("kiddo_alpha", "kiddo_beta", "kiddo_gamma")
 # The backbone-scaling figure: the paper's three towers, and the smoke profile's family of tiny CLIPs.
 PAPER_BACKBONES = ("SLIP-ViT-S-16", "ViT-B-32", "ViT-L-14")
-SMOKE_BACKBONES = ("tiny-objects-s", "tiny-objects-m", "tiny-objects-l")
+SMOKE_BACKBONES = WORLDS[DEFAULT_DATASET].backbones
 # The paper's weights for an open_clip model that has them; SLIP's come from a local file (slip_weights).
 PAPER_WEIGHTS = "openai"
 ABLATIONS = ("components", "selection", "rank", "strength", "loss_weights", "placement")
@@ -78,7 +80,7 @@ STUDY_SIZES: dict[str, dict[str, dict[str, Any]]] = {
     # the smoke family: three sizes of a tiny CLIP pre-trained on the objects10 world
     "backbones": {
         "smoke": {
-            "dataset": "objects10",
+            "dataset": DEFAULT_DATASET,
             "backbones": list(SMOKE_BACKBONES),
             "shots": [1],
             "methods": ["lb", "kalahash"],
@@ -220,12 +222,12 @@ def study_settings(study: str, profile: str = "auto", **given: Any) -> dict[str,
 
 def _ours(settings: Mapping[str, Any], bits: Sequence[int]) -> list[str]:
     """What of a run is ours in every profile, not the paper's (paper-notes: Released hyperparameters)."""
-    from .experiments import WORLDS
+    from .worlds import world_of
 
     datasets = settings.get("datasets") or [settings["dataset"]]
     backbones = ", ".join(settings.get("backbones") or [settings["backbone"]])
     out = []
-    if any(d in WORLDS for d in datasets):
+    if any(world_of(d) is not None for d in datasets):
         out.append(
             f"the data set ({', '.join(datasets)}) is our offline world and {backbones} "
             f"{'CLIPs' if ',' in backbones else 'a CLIP'} of ours: "

@@ -25,7 +25,6 @@ LAYERS = {
     # utilities that know nothing of the rest
     "fileio": 0,
     "hamming": 0,
-    "presets": 0,
     "machine": 0,
     # the metrics rank with the Hamming engine
     "metrics": 1,
@@ -41,6 +40,8 @@ LAYERS = {
     "worlds": 2,
     # the tiny CLIPs' pre-training on a world's captions: above the backbones it trains
     "worlds.pretrain": 3,
+    # the released hyperparameters, and what the worlds' sets borrow of them (their specs)
+    "presets": 3,
     "backbones": 2,
     # feeding images to the device (workers, pinned memory, device-side preprocessing): data only
     "loader": 2,

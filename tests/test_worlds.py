@@ -6,13 +6,30 @@ test_objects10.py."""
 from __future__ import annotations
 
 import hashlib
+import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from helpers import images_digest, row_hashes
 
-from kalahash.data import load_dataset
-from kalahash.worlds import objects10, shapes
+from kalahash.backbones import BUILTIN_WEIGHTS
+from kalahash.cli.main import build_parser
+from kalahash.data import DATASETS, load_dataset
+from kalahash.experiments import DEFAULT_BACKBONE, notebook_settings
+from kalahash.presets import preset, setting_hparams
+from kalahash.worlds import (
+    WORLDS,
+    family_text,
+    objects10,
+    register_world,
+    shapes,
+    world_datasets,
+    world_of,
+    world_spec,
+)
+from kalahash.worlds.pretrain import config_world
+from kalahash.worlds.toolkit import RetrievalSets, RetrievalSizes, WorldSpec
 
 # sha256 of caption_pool(16, seed=0): image bytes, then the captions joined by newlines. Pins the
 # generator across machines and NumPy versions (the world's promise: same seed, same bytes anywhere).
@@ -27,12 +44,12 @@ GOLDEN_SPLITS_SHA256 = {
     "objects10": "816ccd4247add618b41c2e37330cc519d42de393f6f5345a549b66f6aff73888",
     "objects10-multi": "5eb1a5ceec8129f1331ade7054e94fa28959ddd480a4ac19a6914083d2e06066",
 }
-WORLDS = {"shapes": shapes, "objects10": objects10}
+MODULES = {"shapes": shapes, "objects10": objects10}
 
 
-@pytest.fixture(params=list(WORLDS), scope="module")
+@pytest.fixture(params=list(MODULES), scope="module")
 def world(request):
-    return WORLDS[request.param]
+    return MODULES[request.param]
 
 
 def test_pool_is_deterministic_golden_and_window_consistent(world):
@@ -92,3 +109,69 @@ def test_pretraining_pool_is_disjoint_from_downstream_images(world):
     for name in world.WORLD_DATASETS:
         data = world.make_retrieval_data(name)
         assert pool.isdisjoint(row_hashes(data.query.images) | row_hashes(data.database.images))
+
+
+def _toy_draw(name, seed):
+    rs = np.random.RandomState(seed)
+    labels = np.eye(2, dtype=np.uint8)[np.arange(40) % 2]
+    return rs, rs.randint(0, 255, size=(40, 32, 32, 3)).astype(np.uint8), labels
+
+
+@pytest.fixture
+def toy_world():
+    """A third world, registered for the test and then removed again."""
+    sizes = {
+        name: RetrievalSizes(total=40, query_per_class=5, train_per_class=10, topk=None)
+        for name in ("toy", "toy-multi")
+    }
+    spec = WorldSpec(
+        name="toy",
+        classnames=("cat", "dog"),
+        sets=RetrievalSets("tests.toy", ("cat", "dog"), sizes, _toy_draw),
+        caption_pool=objects10.caption_pool,
+        borrows={"toy": "coco", "toy-multi": "nuswide"},
+        backbones=("tiny",),
+        default_backbone="tiny",
+    )
+    yield register_world(spec)
+    del WORLDS["toy"]
+    for name in spec.datasets:
+        del DATASETS[name]
+
+
+def test_the_specs_name_their_sets_backbones_and_borrowed_presets():
+    assert list(WORLDS) == ["objects10", "shapes"]
+    assert world_datasets() == ("objects10", "objects10-multi", "shapes", "shapes-multi")
+    for spec in WORLDS.values():
+        assert spec.datasets == tuple(sys.modules[spec.module].WORLD_DATASETS)
+        assert all(world_of(name) is spec for name in spec.datasets)
+        assert set(spec.backbones) <= set(BUILTIN_WEIGHTS) and spec.default_backbone in spec.backbones
+        assert list(spec.classnames) == load_dataset(spec.name).classnames
+    assert world_of("cifar10") is None
+    assert WORLDS["objects10"].default_backbone == DEFAULT_BACKBONE
+    assert family_text(WORLDS["objects10"].backbones) == "tiny-objects-s/m/l"
+    assert family_text(("a-b", "c")) == "a-b, c"
+    with pytest.raises(ValueError, match="world must be one of objects10, shapes, got 'cifar'"):
+        world_spec("cifar")
+
+
+def test_a_registered_world_is_read_everywhere(toy_world):
+    """One registration: the data registry, presets, the notebooks' settings, pre-training and the CLI's
+    help all know the new world."""
+    assert load_dataset("toy-multi").name == "toy-multi" and len(load_dataset("toy").query) == 10
+    assert "borrowed from coco" in preset("toy", 1, 16).source
+    assert "borrowed from nuswide" in setting_hparams("toy-multi", 1, 16).source
+    settings = notebook_settings(dataset="toy")
+    assert settings["profile"] == "smoke" and "data_root" not in settings
+    assert config_world("tiny") == "toy"
+    help_text = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    assert "toy, toy-multi" in " ".join(help_text.split())
+    with pytest.raises(ValueError, match="already registered"):
+        register_world(toy_world)
+
+
+def test_a_spec_is_checked_when_registered(toy_world):
+    with pytest.raises(ValueError, match="default_backbone 'tiny-shapes' is not one of"):
+        register_world(replace(toy_world, name="toy2", default_backbone="tiny-shapes"))
+    with pytest.raises(ValueError, match="borrows names no paper data set for toy-multi"):
+        register_world(replace(toy_world, name="toy2", borrows={"toy": "coco"}))

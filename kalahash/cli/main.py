@@ -12,6 +12,7 @@ from typing import Any
 from .. import __version__
 from ..experiments.config import DEFAULT_BACKBONE, DEFAULT_DATASET, DEFAULT_FIGURES
 from ..experiments.notebook import PROFILES
+from ..worlds import WORLDS, family_text
 from . import commands
 from .cache_size import add_cache_size_command
 from .options import (
@@ -65,12 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset",
         default=DEFAULT_DATASET,
-        help="a built-in world: objects10, shapes (default: %(default)s)",
+        help=f"a built-in world: {', '.join(WORLDS)} (default: %(default)s)",
     )
     p.add_argument(
         "--backbone",
         default=DEFAULT_BACKBONE,
-        help="a built-in CLIP: tiny-objects-s/m/l (objects10), tiny-shapes (shapes) (default: %(default)s)",
+        help="a built-in CLIP: "
+        + ", ".join(f"{family_text(spec.backbones)} ({name})" for name, spec in WORLDS.items())
+        + " (default: %(default)s)",
     )
     add_run_shape_args(p)
     p.add_argument("--force", action="store_true", help="rerun even if the results table has these runs")

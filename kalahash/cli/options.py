@@ -13,6 +13,7 @@ from typing import Any
 from ..experiments.config import DEFAULT_CACHE, LIST_OPTIONS, METHODS, ExperimentConfig, check_code_length
 from ..presets import KNOWLEDGE_MODES
 from ..results_table import DEFAULT_RESULTS
+from ..worlds import WORLDS, family_text, world_datasets
 
 # The defaults of a run, read from ExperimentConfig's fields (building one would import torch).
 _DEFAULTS = SimpleNamespace(**{f.name: f.default for f in fields(ExperimentConfig)})
@@ -63,8 +64,7 @@ def add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
     p.add_argument(
         "--dataset",
         default=_DEFAULTS.dataset,
-        help="data set name: objects10, objects10-multi, shapes, shapes-multi (built-in offline worlds), "
-        "cifar10, nuswide, coco, "
+        help=f"data set name: {', '.join(world_datasets())} (built-in offline worlds), cifar10, nuswide, coco, "
         "folder, listfile (default: %(default)s)",
     )
     p.add_argument(
@@ -104,8 +104,9 @@ def add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
     p.add_argument(
         "--backbone",
         default=_DEFAULTS.backbone,
-        help="open_clip model name (ViT-B-32, ...), SLIP-ViT-S-16, or a built-in CLIP: tiny-shapes, "
-        "tiny-objects-s/m/l (default: %(default)s)",
+        help="open_clip model name (ViT-B-32, ...), SLIP-ViT-S-16, or a built-in CLIP: "
+        + ", ".join(family_text(spec.backbones) for spec in WORLDS.values())
+        + " (default: %(default)s)",
     )
     p.add_argument(
         "--pretrained",

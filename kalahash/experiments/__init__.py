@@ -57,7 +57,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "ExperimentConfig",
         "config_hash",
     ),
-    ".notebook": ("PROFILES", "WORLDS", "list_setting", "notebook_settings", "project_paths"),
+    ".notebook": ("PROFILES", "list_setting", "notebook_settings", "project_paths"),
     ".results": ("StaleRowWarning", "append_result", "find_result", "read_results"),
     ".runner": (
         "DEMO_METHODS",

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from ..presets import LORA_BASELINE, setting_hparams
+from ..worlds import WORLDS
 
 METHODS = ("lb", "fft", "lora", "clora", "kalahash", "zeroshot")
 # The default world of a run, the demo, the CLI and the notebooks' smoke profile: the offline world built
-# after CIFAR-10 and the 12-block CLIP pre-trained on its captions (README: The offline world).
+# after CIFAR-10, and the backbone its spec names (the 12-block CLIP pre-trained on its captions; README:
+# The offline world).
 DEFAULT_DATASET = "objects10"
-DEFAULT_BACKBONE = "tiny-objects-m"
+DEFAULT_BACKBONE = WORLDS[DEFAULT_DATASET].default_backbone
 # Where runs keep the frozen-prefix token cache (kalahash.cache), relative to the working directory.
 DEFAULT_CACHE = Path("cache/prefix")
 # Where the demo and the notebooks write figures and tables unless told otherwise: beside the results

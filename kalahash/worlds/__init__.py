@@ -1,8 +1,13 @@
 """The built-in offline worlds: deterministic generators of captioned 32x32 images, their retrieval sets
 in the paper's protocol, and the tiny CLIPs pre-trained on their captions.
 
-- ``shapes``: the first world (``shapes``, ``shapes-multi``; ``tiny-shapes``);
+- ``toolkit``: what the worlds are built with (seeded streams, the protocol split, pool windows, cached
+  retrieval sets) and each world's :class:`WorldSpec` (vocabulary, retrieval sets, pre-training pool,
+  tiny CLIPs and default backbone, the paper data sets whose presets it borrows), registered once in
+  :data:`WORLDS` and read by presets, pre-training, the notebooks' settings, the CLI's help and the run
+  defaults;
 - ``objects10``: the world built after CIFAR-10 (``objects10``, ``objects10-multi``; ``tiny-objects-s/m/l``);
+- ``shapes``: the first world (``shapes``, ``shapes-multi``; ``tiny-shapes``);
 - ``pretrain``: the tiny CLIPs' pre-training on a world's captions (imports torch; not imported here).
 
 Importing this package registers every world with :func:`kalahash.data.load_dataset`
@@ -10,5 +15,16 @@ Importing this package registers every world with :func:`kalahash.data.load_data
 """
 
 from . import objects10, shapes
+from .toolkit import WORLDS, WorldSpec, family_text, register_world, world_datasets, world_of, world_spec
 
-__all__ = ["objects10", "shapes"]
+__all__ = [
+    "WORLDS",
+    "WorldSpec",
+    "family_text",
+    "objects10",
+    "register_world",
+    "shapes",
+    "world_datasets",
+    "world_of",
+    "world_spec",
+]

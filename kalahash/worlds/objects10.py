@@ -65,8 +65,9 @@ from .toolkit import (
     CaptionPool,
     RetrievalSets,
     RetrievalSizes,
+    WorldSpec,
     randints,
-    register_sets,
+    register_world,
     seeded_rng,
     texture_mask,
 )
@@ -457,4 +458,15 @@ make_retrieval_data = RetrievalSets(__name__, CLASSNAMES, SPLITS, _draw)
 
 
 # Registered at import, so load_dataset("objects10") works; kalahash.worlds imports this module.
-register_sets(make_retrieval_data)
+SPEC = register_world(
+    WorldSpec(
+        name="objects10",
+        classnames=CLASSNAMES,
+        sets=make_retrieval_data,
+        caption_pool=caption_pool,
+        borrows={"objects10": "cifar10", "objects10-multi": "nuswide"},  # the paper's sets it imitates
+        backbones=("tiny-objects-s", "tiny-objects-m", "tiny-objects-l"),
+        default_backbone="tiny-objects-m",
+        words=caption_words(),
+    )
+)

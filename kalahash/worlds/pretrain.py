@@ -20,8 +20,6 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,46 +33,9 @@ from kalahash.backbones import BUILTIN_WEIGHTS, Backbone, CompactTokenEmbedding,
 from kalahash.data import ImageList, RetrievalData, load_dataset
 from kalahash.fileio import atomic_write, atomic_write_text
 
-from . import objects10, shapes
+from .toolkit import WORLDS, WorldSpec, family_text, world_spec
 
-
-@dataclass(frozen=True)
-class PretrainWorld:
-    """What pre-training needs of a world: its caption pool, its retrieval sets and its vocabulary."""
-
-    caption_pool: Callable[..., tuple[np.ndarray, list[str]]]  # (n, seed=, start=) -> images, captions
-    pool_name: str  # for the provenance
-    single: str  # single-label retrieval set (zero-shot, linear probes)
-    multi: str  # multi-label companion (zero-shot top-1 hit rate)
-    words: tuple[str, ...] | None = None  # caption vocabulary; None keeps the full token table
-    held_out: frozenset[str] = frozenset()  # class names never captioned in pre-training
-
-
-WORLDS: dict[str, PretrainWorld] = {
-    # tiny-shapes keeps the full token table: its shipped weights predate compact storage.
-    "shapes": PretrainWorld(
-        shapes.caption_pool,
-        "kalahash.worlds.shapes.caption_pool",
-        "shapes",
-        "shapes-multi",
-        held_out=frozenset(f"{t} {s}" for t, s in shapes.HELD_OUT_PAIRS),
-    ),
-    "objects10": PretrainWorld(
-        objects10.caption_pool,
-        "kalahash.worlds.objects10.caption_pool",
-        "objects10",
-        "objects10-multi",
-        words=objects10.caption_words(),
-    ),
-}
 CONFIG = "tiny-shapes"  # the default config
-# The world each built-in config is pre-trained on.
-CONFIG_WORLDS: dict[str, str] = {
-    "tiny-shapes": "shapes",
-    "tiny-objects-s": "objects10",
-    "tiny-objects-m": "objects10",
-    "tiny-objects-l": "objects10",
-}
 DEFAULT_STEPS = 2000
 _CHUNK_STEPS = 50  # pool images are generated this many steps ahead
 
@@ -254,9 +215,9 @@ def knowledge_stats(knowledge: torch.Tensor) -> dict[str, float]:
 def knowledge_report(backbone: Backbone, seed: int = 0, world: str = "shapes") -> dict[str, Any]:
     """Zero-shot (both retrieval sets of ``world``), 1/4-shot linear probes, chance levels and the
     shape of K (:func:`knowledge_stats`). Keys start with the set's name (``shapes_zero_shot``)."""
-    spec = _world(world)
-    single, multi = load_dataset(spec.single, seed=seed), load_dataset(spec.multi, seed=seed)
-    a, b = spec.single.replace("-", "_"), spec.multi.replace("-", "_")
+    spec = world_spec(world)
+    single, multi = (load_dataset(name, seed=seed) for name in spec.datasets)
+    a, b = (name.replace("-", "_") for name in spec.datasets)
     per_class = per_class_zero_shot(backbone, single)
     report: dict[str, Any] = {f"{a}_zero_shot": zero_shot_accuracy(backbone, single)}
     if spec.held_out:
@@ -274,24 +235,23 @@ def knowledge_report(backbone: Backbone, seed: int = 0, world: str = "shapes") -
     return report | knowledge_stats(backbone.text_knowledge(list(single.classnames)))
 
 
-def _world(name: str) -> PretrainWorld:
-    if name not in WORLDS:
-        raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {name!r}")
-    return WORLDS[name]
+def config_world(config: str) -> str | None:
+    """The world a built-in config is pre-trained on: the one whose spec lists it (None: no world's)."""
+    return next((spec.name for spec in WORLDS.values() if config in spec.backbones), None)
 
 
 def _resolve(config: str, world: str | None, output: str | Path | None) -> tuple[str, Path]:
     """The world and output file of a call: a built-in config's own unless given."""
     if config not in open_clip.list_models():
-        known = ", ".join(CONFIG_WORLDS)
+        known = ", ".join(b for spec in WORLDS.values() for b in spec.backbones)
         raise ValueError(f"config must be an open_clip model config (built-ins: {known}), got {config!r}")
     if world is None:
-        if config not in CONFIG_WORLDS:
+        world = config_world(config)
+        if world is None:
             raise ValueError(
                 f"config {config!r} has no default world: pass world= (CLI: --world) one of {', '.join(WORLDS)}"
             )
-        world = CONFIG_WORLDS[config]
-    _world(world)
+    world_spec(world)
     if output is None:
         if config not in BUILTIN_WEIGHTS:
             raise ValueError(
@@ -306,7 +266,7 @@ def _resolve(config: str, world: str | None, output: str | Path | None) -> tuple
     return world, output
 
 
-def _build(config: str, seed: int, spec: PretrainWorld) -> tuple[nn.Module, Any]:
+def _build(config: str, seed: int, spec: WorldSpec) -> tuple[nn.Module, Any]:
     """A random-init model of ``config`` (seeded) and its tokenizer; compact token rows if the world
     declares its vocabulary (the other rows never get a gradient: nothing is lost)."""
     torch.manual_seed(seed)
@@ -320,7 +280,7 @@ def _build(config: str, seed: int, spec: PretrainWorld) -> tuple[nn.Module, Any]
 
 
 def _train(
-    model: nn.Module, tokenizer: Any, spec: PretrainWorld, seed: int, steps: int, batch_size: int,
+    model: nn.Module, tokenizer: Any, spec: WorldSpec, seed: int, steps: int, batch_size: int,
     lr: float, weight_decay: float, warmup: int, progress: bool, desc: str,
 ) -> list[float]:  # fmt: skip
     """CLIP InfoNCE with AdamW, warm-up and cosine decay; fresh pool images every step. Returns losses."""
@@ -393,7 +353,8 @@ def pretrain_tiny(
     threads : torch CPU threads (default: torch's choice; 1 is fastest on a busy machine).
     evaluate : measure zero-shot, linear-probe knowledge and K's shape of the saved and of a random model.
     config : the open_clip model config (``tiny-shapes``, ``tiny-objects-s``, ``-m``, ``-l``).
-    world : ``shapes`` or ``objects10``; default: the built-in config's (:data:`CONFIG_WORLDS`).
+    world : a registered world (:data:`kalahash.worlds.WORLDS`); default: the built-in config's
+        (:func:`config_world`).
 
     Returns
     -------
@@ -415,7 +376,7 @@ def pretrain_tiny(
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if threads is not None:
         torch.set_num_threads(threads)
-    spec = WORLDS[world]
+    spec = world_spec(world)
 
     started = dt.datetime.now(dt.timezone.utc)
     load_before = os.getloadavg()
@@ -457,7 +418,7 @@ def pretrain_tiny(
         "weight_decay": weight_decay,
         "warmup": warmup,
         "images_seen": steps * batch_size,
-        "pool": f"the first {steps * batch_size} images of {spec.pool_name}(n, seed={seed})",
+        "pool": f"the first {steps * batch_size} images of {spec.module}.caption_pool(n, seed={seed})",
         "final_loss": float(np.mean(losses[-50:])),
         "train_wall_seconds": round(train_seconds, 1),
         "train_cpu_seconds": round(train_cpu, 1),
@@ -499,9 +460,10 @@ def add_pretrain_tiny_arguments(parser: argparse.ArgumentParser) -> argparse.Arg
     parser.add_argument(
         "--config",
         default=CONFIG,
-        help="model config: tiny-shapes, tiny-objects-s/m/l (default: %(default)s)",
+        help=f"model config: {', '.join(family_text(spec.backbones) for spec in WORLDS.values())} (default: "
+        "%(default)s)",
     )
-    parser.add_argument("--world", default=None, help="shapes or objects10 (default: the config's world)")
+    parser.add_argument("--world", default=None, help=f"{' or '.join(WORLDS)} (default: the config's world)")
     parser.add_argument(
         "--out",
         dest="output",

@@ -51,8 +51,9 @@ from .toolkit import (
     CaptionPool,
     RetrievalSets,
     RetrievalSizes,
+    WorldSpec,
     randints,
-    register_sets,
+    register_world,
     seeded_rng,
     texture_mask,
 )
@@ -401,4 +402,16 @@ def is_word_phrase(text: str) -> bool:
 
 
 # Registered at import, so load_dataset("shapes") works; kalahash.worlds imports this module.
-register_sets(make_retrieval_data)
+SPEC = register_world(
+    WorldSpec(
+        name="shapes",
+        classnames=CLASSNAMES,
+        sets=make_retrieval_data,
+        caption_pool=caption_pool,
+        borrows={"shapes": "cifar10", "shapes-multi": "nuswide"},  # the paper's sets it imitates
+        backbones=("tiny-shapes",),
+        default_backbone="tiny-shapes",
+        words=None,  # tiny-shapes keeps the full token table: its shipped weights predate compact storage
+        held_out=frozenset(f"{t} {s}" for t, s in HELD_OUT_PAIRS),
+    )
+)
