@@ -10,8 +10,9 @@ for each module.
 2. ``worlds/`` (the offline worlds ``shapes`` and ``objects10``, registered with data), ``backbones``,
    ``codestore`` (codes folders), ``loader`` (images to the device: workers, pinned memory, preprocessing
    on the device);
-3. ``worlds.pretrain`` (the tiny CLIPs' pre-training), ``lora`` (adapters), ``presets`` (hyperparameters:
-   the released ones, and what the worlds' sets borrow of them);
+3. ``worlds.pretrain`` (the tiny CLIPs' pre-training), ``worlds.evaluation`` (zero-shot, probes),
+   ``lora`` (adapters), ``presets`` (hyperparameters: the released ones, and what the worlds' sets
+   borrow of them);
 4. ``hashing/`` (heads, losses, KIDDO, the hasher and its factory);
 5. ``cache`` (the frozen-prefix cache), ``checkpoints``, ``plots``;
 6. ``train``, ``embeddings``, ``cache_size`` (the cache's expected and actual size);

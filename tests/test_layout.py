@@ -40,6 +40,8 @@ LAYERS = {
     "worlds": 2,
     # the tiny CLIPs' pre-training on a world's captions: above the backbones it trains
     "worlds.pretrain": 3,
+    # zero-shot accuracy, linear probes and K's shape of a CLIP on a world: above the backbones it reads
+    "worlds.evaluation": 3,
     # the released hyperparameters, and what the worlds' sets borrow of them (their specs)
     "presets": 3,
     "backbones": 2,

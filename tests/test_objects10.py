@@ -23,15 +23,13 @@ from kalahash.backbones import (
     load_backbone,
 )
 from kalahash.worlds import objects10  # importing it registers objects10 and objects10-multi
+from kalahash.worlds.evaluation import chance_level, knowledge_stats, zero_shot_accuracy
 from kalahash.worlds.objects10 import CLASSNAMES, caption_pool, caption_words, make_retrieval_data
 from kalahash.worlds.pretrain import (
     _save_fp16_atomic,
     add_pretrain_tiny_arguments,
-    chance_level,
-    knowledge_stats,
     pretrain_tiny,
     vocabulary_ids,
-    zero_shot_accuracy,
 )
 
 FAMILY = ("tiny-objects-s", "tiny-objects-m", "tiny-objects-l")

@@ -14,12 +14,8 @@ from open_clip.tokenizer import SimpleTokenizer
 from safetensors import safe_open
 
 from kalahash.backbones import WEIGHTS_DIR, load_backbone
-from kalahash.worlds.pretrain import (
-    chance_level,
-    images_to_tensor,
-    pretrain_tiny,
-    zero_shot_accuracy,
-)
+from kalahash.worlds.evaluation import chance_level, images_to_tensor, zero_shot_accuracy
+from kalahash.worlds.pretrain import pretrain_tiny
 from kalahash.worlds.shapes import (
     CLASSNAMES,
     HELD_OUT_PAIRS,

@@ -8,7 +8,9 @@ in the paper's protocol, and the tiny CLIPs pre-trained on their captions.
   defaults;
 - ``objects10``: the world built after CIFAR-10 (``objects10``, ``objects10-multi``; ``tiny-objects-s/m/l``);
 - ``shapes``: the first world (``shapes``, ``shapes-multi``; ``tiny-shapes``);
-- ``pretrain``: the tiny CLIPs' pre-training on a world's captions (imports torch; not imported here).
+- ``pretrain``: the tiny CLIPs' pre-training on a world's captions (imports torch; not imported here);
+- ``evaluation``: what a CLIP knows of a world: zero-shot accuracy, linear probes, chance levels and the
+  shape of K (imports torch; not imported here).
 
 Importing this package registers every world with :func:`kalahash.data.load_dataset`
 (``kalahash/__init__`` imports it).
