@@ -115,7 +115,7 @@ def per_class_pick(
     return np.sort(np.concatenate(picks))
 
 
-def protocol_splits(
+def draw_protocol_split(
     rs: np.random.RandomState,
     name: str,
     images: np.ndarray,
@@ -123,8 +123,10 @@ def protocol_splits(
     query_per_class: int,
     train_per_class: int,
 ) -> dict[str, ImageList]:
-    """The paper's protocol over a world's images: queries per class, the database all the rest, the
-    train pool per class drawn from the database (notes: Protocol)."""
+    """The paper's protocol over a world's images, drawn from the world's stream ``rs``: queries per class,
+    the database all the rest, the train pool per class drawn from the database (notes: Protocol). A world
+    regenerates its split from its seed; data sets on disk keep theirs in split files
+    (:func:`kalahash.data.protocol.saved_protocol_split`)."""
     total = len(labels)
     everything = ImageList(images, labels, [f"{name}:{i}" for i in range(total)])
     query = per_class_pick(rs, labels, np.ones(total, bool), query_per_class)
@@ -142,7 +144,7 @@ def protocol_splits(
 class RetrievalSets:
     """A world's retrieval sets, called as ``make_retrieval_data(name, seed=0)``: ``draw(name, seed)``
     renders a set's images and labels and returns the stream it drew them from, which then draws the
-    protocol split (:func:`protocol_splits`, the set's :class:`RetrievalSizes`).
+    protocol split (:func:`draw_protocol_split`, the set's :class:`RetrievalSizes`).
 
     Cached in-process (the ``cached`` most recent): a repeated call returns the same object, whose arrays
     are read-only, since every caller gets them.
@@ -177,7 +179,7 @@ class RetrievalSets:
         rs, images, labels = self._draw(name, seed)
         images.flags.writeable = False
         size = self.sizes[name]
-        splits = protocol_splits(rs, name, images, labels, size.query_per_class, size.train_per_class)
+        splits = draw_protocol_split(rs, name, images, labels, size.query_per_class, size.train_per_class)
         for part in splits.values():  # the cache hands the same arrays to every caller: no edits
             part.images.flags.writeable = False
             part.labels.flags.writeable = False
