@@ -4,7 +4,8 @@ What lives where, by layer: a module imports only from layers before its own (or
 package); tests/test_layout.py holds the table and checks it, README's "How the pieces fit" has a row
 for each module.
 
-0. ``fileio`` (atomic writes), ``hamming`` (the Hamming ranking engine), ``machine`` (device, provenance);
+0. ``fileio`` (atomic writes), ``hamming`` (the Hamming ranking engine), ``machine`` (device, provenance),
+   ``prompts`` (the class prompt);
 1. ``metrics``, ``results_table``, ``data/`` (data sets, loaders, few-shot protocol, checks),
    ``history`` (run histories and flags), ``slip`` (SLIP models);
 2. ``worlds/`` (the offline worlds ``shapes`` and ``objects10``, registered with data), ``backbones``,

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from . import slip
+from .prompts import CLASS_PROMPT
 from .towers import (
     ImageTower,
     OpenClipTower,
@@ -183,7 +184,7 @@ class Backbone:
         return tuple(self.model.visual.image_size)
 
     @torch.no_grad()
-    def text_knowledge(self, classnames: list[str], template: str = "a photo of a {}.") -> torch.Tensor:
+    def text_knowledge(self, classnames: list[str], template: str = CLASS_PROMPT) -> torch.Tensor:
         """Class-text knowledge K (C x embed): raw ``encode_text`` of prompts, unnormalised (notes: Model)."""
         if not classnames:
             raise ValueError("classnames is empty: give at least one class name")

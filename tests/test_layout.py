@@ -26,6 +26,8 @@ LAYERS = {
     "fileio": 0,
     "hamming": 0,
     "machine": 0,
+    # the class prompt CLIP's text tower reads (backbones, hashing and the worlds' vocabularies)
+    "prompts": 0,
     # the metrics rank with the Hamming engine
     "metrics": 1,
     "results_table": 1,

@@ -22,6 +22,7 @@ from kalahash.backbones import (
     CompactTokenEmbedding,
     load_backbone,
 )
+from kalahash.prompts import CLASS_PROMPT
 from kalahash.worlds import objects10  # importing it registers objects10 and objects10-multi
 from kalahash.worlds.evaluation import chance_level, knowledge_stats, zero_shot_accuracy
 from kalahash.worlds.objects10 import CLASSNAMES, caption_pool, caption_words, make_retrieval_data
@@ -56,7 +57,7 @@ def test_captions_name_the_class_in_varied_templates_within_the_vocabulary():
         assert any(re.search(rf"\b{c}\b", caption) for c in CLASSNAMES)  # always the class word
         assert set(tokenizer.encode(caption)) <= ids
         assert len(tokenizer.encode(caption)) <= 14  # fits the 16-token context with start and end
-    assert set(tokenizer.encode(objects10.PROMPT.format(" ".join(CLASSNAMES)))) <= ids
+    assert set(tokenizer.encode(CLASS_PROMPT.format(" ".join(CLASSNAMES)))) <= ids
     # with and without nuisances, in every template
     for word in ("red", "striped", "small", "left", "noisy"):
         assert 0.005 < np.mean([word in c.split() for c in captions]) < 0.5
@@ -134,7 +135,7 @@ def test_compact_weights_round_trip(tmp_path):
         torch.testing.assert_close(f.get_tensor(COMPACT_IDS), ids, rtol=0, atol=0)  # ids stay exact
     loaded = load_backbone("tiny-objects-s", pretrained=path)
     reference = model.half().float().eval()  # what the fp16 file holds
-    texts = tokenizer(caption_pool(64, seed=0)[1] + [objects10.PROMPT.format(c) for c in CLASSNAMES])
+    texts = tokenizer(caption_pool(64, seed=0)[1] + [CLASS_PROMPT.format(c) for c in CLASSNAMES])
     with torch.no_grad():
         torch.testing.assert_close(loaded.model.encode_text(texts), reference.encode_text(texts))
     full = loaded.model.token_embedding.weight

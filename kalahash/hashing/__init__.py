@@ -20,7 +20,6 @@ from kalahash.lora import CLoRALinear, LoRALinear
 
 from .centers import csq_centers, gilbert_varshamov_distance, hadamard, mdsh_centers
 from .factory import (
-    DEFAULT_TEMPLATE,
     HPARAMS,
     METHOD_LABELS,
     METHODS,
@@ -45,7 +44,6 @@ from .losses import (
 from .model import Hasher
 
 __all__ = [
-    "DEFAULT_TEMPLATE",
     "HPARAMS",
     "KIDDO",
     "KNOWLEDGE_MODES",

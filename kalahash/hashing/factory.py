@@ -24,6 +24,7 @@ from kalahash.lora import (
     normalise_blocks,
     normalise_targets,
 )
+from kalahash.prompts import CLASS_PROMPT
 
 from .kiddo import KIDDO
 from .knowledge import check_knowledge_mode, control_knowledge
@@ -32,8 +33,6 @@ from .model import Hasher, serves_a_hasher
 
 if TYPE_CHECKING:
     from kalahash.backbones import Backbone
-
-DEFAULT_TEMPLATE = "a photo of a {}."
 
 # method -> (adapter, full fine-tuning, KIDDO by default, zero-shot head); the loss defaults to DPSH.
 METHODS: dict[str, dict[str, Any]] = {
@@ -73,7 +72,7 @@ HPARAMS: dict[str, Any] = {
     "kiddo_gamma": 1.0,
     "kiddo_sweeps": 10,
     "batch_norm": None,
-    "template": DEFAULT_TEMPLATE,
+    "template": CLASS_PROMPT,
     "knowledge": "true",
     "knowledge_seed": 0,
     "anchor_momentum": None,
@@ -266,7 +265,7 @@ def build_hasher(
         ``kiddo`` (method default: True for kalahash only) wrap the loss in :class:`KIDDO`;
         ``kiddo_alpha`` (0.1), ``kiddo_beta`` (1.0), ``kiddo_gamma`` (1.0), ``kiddo_sweeps`` (10).
         ``batch_norm`` (None: the loss's default — True for csq, orthohash, mdsh) BatchNorm in the head
-        and in G. ``template`` ("a photo of a {}.") the text prompt for K.
+        and in G. ``template`` (:data:`kalahash.prompts.CLASS_PROMPT`, "a photo of a {}.") the text prompt for K.
         ``knowledge`` ("true") a control of K for methods that read it (:func:`control_knowledge`:
         ``"permuted"`` deals the text rows to other classes, ``"random"`` Gaussian rows of K's norms);
         ``knowledge_seed`` (0) seeds it. Methods that do not read K accept only ``"true"``.

@@ -81,7 +81,7 @@ def zero_shot_scores(backbone: Backbone, data: RetrievalData, split: str = "quer
 
 
 def zero_shot_accuracy(backbone: Backbone, data: RetrievalData, split: str = "query") -> float:
-    """Zero-shot accuracy with prompts "a photo of a {class}.".
+    """Zero-shot accuracy with the class prompts (:data:`kalahash.prompts.CLASS_PROMPT`).
 
     Single-label: the argmax class is the label. Multi-label: top-1 hit rate, the argmax class is one
     of the image's labels (chance: mean number of labels / number of classes, see :func:`chance_level`).

@@ -31,7 +31,8 @@ some of the time (size 35 %, colour 60 %, texture 60 % or 80 % for "plain", posi
 varied templates: "a fish", "a photo of a big red striped fish.", "a drawing of a key on the
 left.", "an image of a small umbrella", "a cup on a noisy background", "a house and a green tree"
 (70 % single objects, 30 % scenes). Clutter is never named, as backgrounds in web captions are not.
-The downstream prompt "a photo of a {class}." is one of the templates.
+The downstream class prompt (:data:`kalahash.prompts.CLASS_PROMPT`, "a photo of a {class}.") is one of
+the templates.
 
 Disjointness. Pool and downstream images come from different streams (:mod:`kalahash.worlds.toolkit`;
 tag "OBJ1", then a stream id and the seed), so they share no draws (``tests/test_worlds.py`` checks it
@@ -52,6 +53,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from kalahash.prompts import CLASS_PROMPT
 
 from .toolkit import (
     COLOUR_NAMES,
@@ -80,7 +83,6 @@ POSITIONS: tuple[str, ...] = ("on the left", "on the right", "at the top", "at t
 SINGLE_TEMPLATES: tuple[str, ...] = (
     "{}", "a photo of {}.", "a picture of {}.", "a drawing of {}.", "an image of {}", "{} on a noisy background",
 )  # fmt: skip
-PROMPT = "a photo of a {}."  # the downstream class prompt (notes: Model), one of the pool's templates
 SPLITS: dict[str, RetrievalSizes] = {
     "objects10": RetrievalSizes(
         total=700 * len(CLASSNAMES), query_per_class=100, train_per_class=500, topk=None
@@ -422,7 +424,16 @@ def caption_words() -> tuple[str, ...]:
     """Every word and punctuation mark a pool caption or the class prompt can contain, sorted: the
     world's vocabulary (the tiny CLIPs store token-embedding rows for these tokens only)."""
     text = " ".join(
-        [*SINGLE_TEMPLATES, PROMPT, *POSITIONS, *CLASSNAMES, *COLOUR_NAMES, *TEXTURES, *SIZES, "an and ,"]
+        [
+            *SINGLE_TEMPLATES,
+            CLASS_PROMPT,
+            *POSITIONS,
+            *CLASSNAMES,
+            *COLOUR_NAMES,
+            *TEXTURES,
+            *SIZES,
+            "an and ,",
+        ]
     )
     return tuple(sorted(set(re.findall(r"[a-z]+|[.,]", text))))
 
