@@ -38,9 +38,6 @@ _RELEASED: dict[str, dict[int, tuple[int, float, float, float, float]]] = {
         8: (8, 0.4, 0.001, 1.0, 2.0),
     },
 }
-# The controls of the class-text knowledge K a run may take (hyperparameter ``knowledge``; what each
-# does: kalahash.hashing.knowledge). Here, in the lightest module, so the CLI lists them without torch.
-KNOWLEDGE_MODES = ("true", "permuted", "random")
 # The backbone the release tuned on (open_clip name, pretrained tag): only runs on it are "released".
 RELEASED_BACKBONE = ("ViT-B-32", "openai")
 # Plain LoRA baseline: the release's default model config before per-setting overrides.

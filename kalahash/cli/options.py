@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..experiments.config import DEFAULT_CACHE, LIST_OPTIONS, METHODS, ExperimentConfig, check_code_length
-from ..presets import KNOWLEDGE_MODES
+from ..hashing.methods import KNOWLEDGE_MODES
 from ..results_table import DEFAULT_RESULTS
 from ..worlds import WORLDS, family_text, world_datasets
 

@@ -10,10 +10,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..hashing.methods import METHODS as _METHOD_REGISTRY
+from ..hashing.methods import check_knowledge_control
 from ..presets import LORA_BASELINE, setting_hparams
 from ..worlds import WORLDS
 
-METHODS = ("lb", "fft", "lora", "clora", "kalahash", "zeroshot")
+# The names of the methods a run may take: those of the registry (kalahash.hashing.methods).
+METHODS = tuple(_METHOD_REGISTRY)
 # The default world of a run, the demo, the CLI and the notebooks' smoke profile: the offline world built
 # after CIFAR-10, and the backbone its spec names (the 12-block CLIP pre-trained on its captions; README:
 # The offline world).
@@ -104,7 +107,6 @@ class ExperimentConfig:
         check_code_length(self.bits)
         from ..data import resolve_dataset_name
         from ..hashing import LOSSES
-        from ..hashing.factory import check_knowledge_control
 
         # canonical name (aliases such as nus-wide accepted); unknown names fail here, before anything runs
         object.__setattr__(self, "dataset", resolve_dataset_name(self.dataset))
