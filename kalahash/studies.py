@@ -28,12 +28,12 @@ from .experiments import (
     summarize,
 )
 from .history import DIVERGED
+from .metrics import TIES
 from .worlds import WORLDS
 
 MAIN_DATASETS = ("cifar10", "nuswide", "coco")
 MAIN_BITS = (16, 32, 64)
 PLUG_LOSSES = ("dpsh", "hashnet", "csq", "orthohash", "mdsh")
-TIE_RULES = ("index", "average")
 KIDDO_WEIGHTS = ("kiddo_alpha", "kiddo_beta", "kiddo_gamma")
 # The backbone-scaling figure: the paper's three towers, and the smoke profile's family of tiny CLIPs.
 PAPER_BACKBONES = ("SLIP-ViT-S-16", "ViT-B-32", "ViT-L-14")
@@ -570,14 +570,14 @@ def tie_table(rows: pd.DataFrame, by: Sequence[str] = ("variant",)) -> pd.DataFr
         raise ValueError("rows is empty: run the study first")
     by = list(by)
     table = None
-    for rule in TIE_RULES:
+    for rule in TIES:
         value = f"map_ties_{rule}"
         part = summarize(rows, by=by, value=value)
         part = part.rename(
             columns=dict(zip(("mean", "std", f"{value} (mean ± std)"), _rule_columns(rule), strict=True))
         )
         table = part if table is None else table.merge(part[[*by, *_rule_columns(rule)]], on=by, sort=False)
-    columns = [*by, "seeds", *(c for rule in TIE_RULES for c in _rule_columns(rule))]
+    columns = [*by, "seeds", *(c for rule in TIES for c in _rule_columns(rule))]
     return table[columns + (["flags"] if "flags" in table else [])]
 
 
@@ -616,8 +616,8 @@ def knowledge_table(rows: pd.DataFrame, ties: str = "index") -> pd.DataFrame:
 
 
 def _tie_column(ties: str) -> str:
-    if ties not in TIE_RULES:
-        raise ValueError(f"ties must be one of {', '.join(TIE_RULES)}, got {ties!r}")
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {', '.join(TIES)}, got {ties!r}")
     return f"mAP, {ties} ties"
 
 

@@ -42,7 +42,7 @@ from .data import ImageList, RetrievalData
 from .hashing import sign
 from .hashing.diagnostics import EpochTally, epoch_diagnostics
 from .loader import LoaderOptions, pixel_batch
-from .metrics import mean_average_precision, precision_at_k
+from .metrics import TIES, mean_average_precision, precision_at_k
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -445,8 +445,8 @@ def evaluate(
     codes tie massively and the two can differ. Query and database are encoded in one pass (one worker
     pool); ``encode_seconds`` and ``map_seconds`` time the two phases.
     """
-    if ties not in ("index", "average"):
-        raise ValueError(f"ties must be 'index' or 'average', got {ties!r}")
+    if ties not in TIES:
+        raise ValueError(f"ties must be {' or '.join(map(repr, TIES))}, got {ties!r}")
     topk = data.topk if topk is None else topk
     began = time.perf_counter()
     lists = [data.query, data.database]
@@ -455,7 +455,7 @@ def evaluate(
     )
     encoded = time.perf_counter()
     args = (query, data.query.labels, database, data.database.labels)
-    by_rule = {rule: mean_average_precision(*args, topk=topk, ties=rule) for rule in ("index", "average")}
+    by_rule = {rule: mean_average_precision(*args, topk=topk, ties=rule) for rule in TIES}
     p_at_k = precision_at_k(*args, k=min(precision_k, len(database)), ties=ties)
     return {
         "map": by_rule[ties],

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..experiments.config import DEFAULT_CACHE, LIST_OPTIONS, METHODS, ExperimentConfig, check_code_length
 from ..hashing.methods import KNOWLEDGE_MODES
+from ..metrics import TIES
 from ..results_table import DEFAULT_RESULTS
 from ..worlds import WORLDS, family_text, world_datasets
 
@@ -169,7 +170,7 @@ def add_scoring_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ties",
         default="index",
-        choices=("index", "average"),
+        choices=TIES,
         help="tie rule of mAP: database index order, or the exact average over tie orders (default: "
         "%(default)s)",
     )

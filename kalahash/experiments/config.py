@@ -12,6 +12,7 @@ from typing import Any
 
 from ..hashing.methods import METHODS as _METHOD_REGISTRY
 from ..hashing.methods import check_knowledge_control
+from ..metrics import TIES
 from ..presets import LORA_BASELINE, setting_hparams
 from ..worlds import WORLDS
 
@@ -112,8 +113,8 @@ class ExperimentConfig:
         object.__setattr__(self, "dataset", resolve_dataset_name(self.dataset))
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(sorted(LOSSES))}")
-        if self.ties not in ("index", "average"):
-            raise ValueError(f"ties must be 'index' or 'average', got {self.ties!r}")
+        if self.ties not in TIES:
+            raise ValueError(f"ties must be {' or '.join(map(repr, TIES))}, got {self.ties!r}")
         object.__setattr__(self, "hyperparameters", dict(self.hyperparameters))
         given = [name for name in LIST_OPTIONS if getattr(self, name) is not None]
         if self.dataset == "listfile" and len(given) < len(LIST_OPTIONS):
