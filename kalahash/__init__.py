@@ -12,10 +12,10 @@ for each module.
    ``codestore`` (codes folders), ``loader`` (images to the device: workers, pinned memory, preprocessing
    on the device);
 3. ``worlds.pretrain`` (the tiny CLIPs' pre-training), ``worlds.evaluation`` (zero-shot, probes),
-   ``lora`` (adapters), ``presets`` (hyperparameters: the released ones, and what the worlds' sets
-   borrow of them);
+   ``lora`` (adapters);
 4. ``hashing/`` (heads, losses, KIDDO, the hasher and its factory);
-5. ``cache`` (the frozen-prefix cache), ``checkpoints``, ``plots``;
+5. ``cache`` (the frozen-prefix cache), ``checkpoints``, ``plots``, ``presets`` (hyperparameters: the
+   released ones, what the worlds' sets borrow of them, and the release's defaults);
 6. ``train``, ``embeddings``, ``cache_size`` (the cache's expected and actual size);
 7. ``experiments/`` (runs, sweeps, notebook settings), ``search``;
 8. ``studies``, ``efficiency``, ``reproduce``, ``views`` (what the notebooks run);

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .hashing.kiddo import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_GAMMA
+from .lora import DEFAULT_RANK, DEFAULT_STRENGTH
 from .worlds import WORLDS, world_of
 
 RELEASED_SHOTS = (1, 2, 4, 8)
@@ -40,11 +42,17 @@ _RELEASED: dict[str, dict[int, tuple[int, float, float, float, float]]] = {
 }
 # The backbone the release tuned on (open_clip name, pretrained tag): only runs on it are "released".
 RELEASED_BACKBONE = ("ViT-B-32", "openai")
-# Plain LoRA baseline: the release's default model config before per-setting overrides.
-LORA_BASELINE = {"rank": 8, "strength": 0.5}
+# Plain LoRA baseline: the release's default model config before per-setting overrides (the adapters'
+# defaults, kalahash.lora).
+LORA_BASELINE = {"rank": DEFAULT_RANK, "strength": DEFAULT_STRENGTH}
 # For data sets the release has no setting for (a user's own): that default config and the paper's
-# default loss weights (ALPHA 0.1, BETA 1, GAMMA 1).
-RELEASE_DEFAULTS = {**LORA_BASELINE, "kiddo_alpha": 0.1, "kiddo_beta": 1.0, "kiddo_gamma": 1.0}
+# default loss weights (KIDDO's defaults, kalahash.hashing.kiddo).
+RELEASE_DEFAULTS = {
+    **LORA_BASELINE,
+    "kiddo_alpha": DEFAULT_ALPHA,
+    "kiddo_beta": DEFAULT_BETA,
+    "kiddo_gamma": DEFAULT_GAMMA,
+}
 DEFAULTS_SOURCE = "release defaults"
 
 

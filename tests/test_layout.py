@@ -44,13 +44,14 @@ LAYERS = {
     "worlds.pretrain": 3,
     # zero-shot accuracy, linear probes and K's shape of a CLIP on a world: above the backbones it reads
     "worlds.evaluation": 3,
-    # the released hyperparameters, and what the worlds' sets borrow of them (their specs)
-    "presets": 3,
     "backbones": 2,
     # feeding images to the device (workers, pinned memory, device-side preprocessing): data only
     "loader": 2,
     "lora": 3,
     "hashing": 4,
+    # the released hyperparameters, what the worlds' sets borrow of them (their specs), and the release's
+    # defaults (the adapters' and KIDDO's own)
+    "presets": 5,
     "cache": 5,
     "checkpoints": 5,
     "plots": 5,

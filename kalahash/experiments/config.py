@@ -13,7 +13,6 @@ from typing import Any
 from ..hashing.methods import METHODS as _METHOD_REGISTRY
 from ..hashing.methods import check_knowledge_control
 from ..metrics import TIES
-from ..presets import LORA_BASELINE, setting_hparams
 from ..worlds import WORLDS
 
 # The names of the methods a run may take: those of the registry (kalahash.hashing.methods).
@@ -150,6 +149,8 @@ class ExperimentConfig:
         A data set without a released setting gets the release's defaults; with ``num_classes`` their
         CLoRA rank is capped at the number of classes (CLoRA selects rank classes per image).
         """
+        from ..presets import LORA_BASELINE, setting_hparams
+
         keys = _METHOD_KEYS[self.method]
         if self.method == "lora":
             base, source = dict(LORA_BASELINE), "release default config"

@@ -27,7 +27,7 @@ from kalahash.lora import (
 )
 from kalahash.prompts import CLASS_PROMPT
 
-from .kiddo import KIDDO
+from .kiddo import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_GAMMA, DEFAULT_SWEEPS, KIDDO
 from .knowledge import control_knowledge
 from .losses import LOSSES
 from .methods import METHODS, check_knowledge_control, uses_knowledge
@@ -48,10 +48,10 @@ HPARAMS: dict[str, Any] = {
     "loss": "dpsh",
     "loss_options": {},
     "kiddo": None,
-    "kiddo_alpha": 0.1,
-    "kiddo_beta": 1.0,
-    "kiddo_gamma": 1.0,
-    "kiddo_sweeps": 10,
+    "kiddo_alpha": DEFAULT_ALPHA,
+    "kiddo_beta": DEFAULT_BETA,
+    "kiddo_gamma": DEFAULT_GAMMA,
+    "kiddo_sweeps": DEFAULT_SWEEPS,
     "batch_norm": None,
     "template": CLASS_PROMPT,
     "knowledge": "true",
