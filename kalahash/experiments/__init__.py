@@ -52,6 +52,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "DEFAULT_CACHE",
         "DEFAULT_DATASET",
         "DEFAULT_FIGURES",
+        "HPARAM_FIELDS",
         "LIST_OPTIONS",
         "METHODS",
         "ExperimentConfig",

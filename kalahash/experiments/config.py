@@ -39,6 +39,9 @@ _METHOD_KEYS = {
 }
 # The list files of dataset "listfile"; unset (None), they are left out of config_id.
 LIST_OPTIONS = ("train_list", "query_list", "database_list", "classnames")
+# Fields a run sets as fields only, never inside ``hyperparameters``: one run, one config_id. (Rows of
+# older versions that held them in hyperparameters still read: their config_id is that of what they record.)
+HPARAM_FIELDS = ("loss", "knowledge")
 # Fields added after results tables existed: at their default they are left out of config_id, so the
 # ids of stored rows stay valid.
 _LATER_FIELDS: dict[str, Any] = {"knowledge": "true", **dict.fromkeys(LIST_OPTIONS)}
@@ -62,13 +65,25 @@ def config_hash(row: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _refuse_hparam_fields(hyperparameters: Mapping[str, Any]) -> None:
+    """A field of the run given inside ``hyperparameters`` would make a second config_id for one run."""
+    for key in HPARAM_FIELDS:
+        if key in hyperparameters:
+            value = hyperparameters[key]
+            raise ValueError(
+                f"hyperparameters hold {key!r}, which is a field of the run: pass {key}={value!r} (CLI: --{key} "
+                f"{value}) instead (one run, one config_id)"
+            )
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """One run: data set and shots, code length, method and loss, backbone, seed and training length.
 
     ``seed`` draws the few-shot sample and seeds training; the query/database split of a data set is
     fixed (``split_seed``) so every method and seed is scored on the same images. ``hyperparameters``
-    override the preset of the setting (``kalahash.presets``). Dataset ``listfile`` (your own lists)
+    override the preset of the setting (``kalahash.presets``); ``loss`` and ``knowledge`` are fields, and
+    refused there (:data:`HPARAM_FIELDS`). Dataset ``listfile`` (your own lists)
     needs ``train_list``, ``query_list``, ``database_list`` and ``classnames`` (a file, one name a
     line), relative to ``data_root`` or absolute. ``knowledge`` is the control of K for the methods that
     read it (``"true"``, ``"permuted"``, ``"random"``; :func:`kalahash.hashing.control_knowledge`),
@@ -115,6 +130,7 @@ class ExperimentConfig:
         if self.ties not in TIES:
             raise ValueError(f"ties must be {' or '.join(map(repr, TIES))}, got {self.ties!r}")
         object.__setattr__(self, "hyperparameters", dict(self.hyperparameters))
+        _refuse_hparam_fields(self.hyperparameters)
         given = [name for name in LIST_OPTIONS if getattr(self, name) is not None]
         if self.dataset == "listfile" and len(given) < len(LIST_OPTIONS):
             missing = ", ".join(
