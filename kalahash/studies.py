@@ -24,10 +24,9 @@ from .experiments import (
     ExperimentConfig,
     list_setting,
     notebook_settings,
-    run_experiment,
+    run_or_flag,
     summarize,
 )
-from .history import DIVERGED
 from .metrics import TIES
 from .worlds import WORLDS
 
@@ -538,24 +537,14 @@ def embedding_grid(settings: Mapping[str, Any], bits: int = 16) -> list[Arm]:
 # Running and tables
 
 
-def _run_arm(arm: Arm, run_options: Mapping[str, Any]) -> dict[str, Any]:
-    """One arm's row. An arm whose loss became non-finite is a result of the study, not a crash: its
-    row has NaN mAP, the flag :data:`DIVERGED` and the error in ``error`` (it is not stored, so it
-    runs again next time and stops the same way)."""
-    try:
-        row = run_experiment(arm.config, **run_options)
-    except FloatingPointError as err:
-        nan = float("nan")
-        row = {"config_id": arm.config.config_id, **arm.config.to_row(), "map": nan,
-               "map_ties_index": nan, "map_ties_average": nan, "flags": DIVERGED, "error": str(err)}  # fmt: skip
-    return {"study": arm.study, "variant": arm.label, **row}
-
-
 def run_arms(arms: Sequence[Arm], **run_options: Any) -> pd.DataFrame:
     """Run every arm (``run_options`` go to :func:`run_experiment`; stored results are reused) and
     return their rows, with the arm's ``study`` and ``variant`` (label) in front. An arm that diverged
-    gets NaN mAP and the flag :data:`DIVERGED` rather than stopping the study."""
-    return pd.DataFrame([_run_arm(a, run_options) for a in arms])
+    gets NaN mAP and the flag :data:`~kalahash.history.DIVERGED` rather than stopping the study
+    (:func:`kalahash.experiments.run_or_flag`, as every list of runs)."""
+    return pd.DataFrame(
+        [{"study": a.study, "variant": a.label, **run_or_flag(a.config, **run_options)} for a in arms]
+    )
 
 
 def _rule_columns(rule: str) -> list[str]:

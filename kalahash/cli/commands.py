@@ -11,7 +11,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .options import base_config, cache_folder, list_options, print_table, run_kwargs, warn_flags
+from .options import (
+    base_config,
+    cache_folder,
+    list_options,
+    print_diverged,
+    print_table,
+    run_kwargs,
+    warn_flags,
+)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -70,6 +78,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     base = base_config(args)
     grid = {"shots": args.shots, "bits": args.bits, "method": args.methods, "seed": args.seeds}
     rows = run_sweep(base, grid, **run_kwargs(args))
+    print_diverged(rows)
     print_table(summarize(rows))
     warn_flags(rows)
     print(f"results table: {args.results}")

@@ -301,6 +301,18 @@ def warn_flags(rows: Any) -> None:
         print(line, file=sys.stderr)
 
 
+def print_diverged(rows: Any) -> None:
+    """A line for each run of a list whose training loss became non-finite: the list went on without it
+    (its row is flagged, with no mAP, and not stored: the same command runs it again)."""
+    from ..history import DIVERGED
+
+    if "error" not in rows:
+        return
+    for row in rows[rows["flags"] == DIVERGED].to_dict("records"):
+        what = ", ".join(f"{k} {row[k]}" for k in ("method", "knowledge", "shots", "bits", "seed"))
+        print(f"diverged: {what}: {row['error']}; its row is flagged {DIVERGED} (no mAP) and not stored")
+
+
 def print_table(table: Any) -> None:
     import pandas as pd
 

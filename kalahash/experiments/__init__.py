@@ -7,7 +7,8 @@ What lives here (import the names from ``kalahash.experiments``; the modules are
   (``DEFAULT_DATASET``, ``DEFAULT_BACKBONE``, ``DEFAULT_CACHE``);
 - ``results``: the results table of runs, rows checked against their config (:func:`read_results`,
   :func:`append_result`, :func:`find_result`);
-- ``runner``: :func:`run_experiment`, :func:`expand_grid`, :func:`run_sweep`, :func:`summarize`,
+- ``runner``: :func:`run_experiment`, :func:`run_configs` (a list of runs; one that diverged is a flagged
+  row: :func:`run_or_flag`), :func:`expand_grid`, :func:`run_sweep`, :func:`summarize`,
   :func:`run_demo`, and :func:`checked_data` (a data set's remembered integrity check);
 - ``checkpoint_ops``: the Python twins of ``kalahash eval``, ``export`` and ``check-data``
   (:func:`evaluate_checkpoint`, :func:`export_checkpoint`, :func:`check_dataset`); from
@@ -64,8 +65,10 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "DEMO_METHODS",
         "checked_data",
         "expand_grid",
+        "run_configs",
         "run_demo",
         "run_experiment",
+        "run_or_flag",
         "run_sweep",
         "summarize",
     ),

@@ -1,5 +1,6 @@
-"""Running: one configuration (:func:`run_experiment`), a grid of them (:func:`run_sweep`), the README's
-demo (:func:`run_demo`), and the mean ± std over seeds of their rows (:func:`summarize`).
+"""Running: one configuration (:func:`run_experiment`), a list of them (:func:`run_configs`, where a run
+that diverged is a flagged row, :func:`run_or_flag`), a grid (:func:`run_sweep`), the README's demo
+(:func:`run_demo`), and the mean ± std over seeds of their rows (:func:`summarize`).
 
 The functions that call :func:`run_experiment` live here with it, so replacing it in this module
 (``monkeypatch.setattr(kalahash.experiments.runner, "run_experiment", ...)``) reaches all of them.
@@ -21,7 +22,7 @@ import torch
 
 from ..checkpoints import data_identity
 from ..fileio import atomic_write_text
-from ..history import FLAG_MARK, group_flags, history_path, history_summary, save_history
+from ..history import DIVERGED, FLAG_MARK, group_flags, history_path, history_summary, save_history
 from ..loader import LoaderOptions
 from ..machine import provenance, resolve_device
 from ..results_table import DEFAULT_RESULTS, check_writable, keep_unwritten_row
@@ -244,10 +245,29 @@ def expand_grid(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]]) -> li
     ]
 
 
+def run_or_flag(cfg: ExperimentConfig, **kwargs: Any) -> dict[str, Any]:
+    """The row of one configuration of a list (``kwargs`` go to :func:`run_experiment`). A run whose
+    training loss became non-finite is a result of the list, not a crash: its row has NaN mAP, the flag
+    :data:`~kalahash.history.DIVERGED` and the error in ``error``; it is not stored, so it runs again next
+    time (and stops the same way)."""
+    try:
+        return run_experiment(cfg, **kwargs)
+    except FloatingPointError as err:
+        nan = float("nan")
+        return {"config_id": cfg.config_id, **cfg.to_row(), "map": nan, "map_ties_index": nan,
+                "map_ties_average": nan, "flags": DIVERGED, "error": str(err)}  # fmt: skip
+
+
+def run_configs(configs: Iterable[ExperimentConfig], **kwargs: Any) -> pd.DataFrame:
+    """Run configurations one after the other (``kwargs`` go to :func:`run_experiment`: a stored result is
+    reused, the prefix cache shared) and return a row each; one that diverged is a flagged row
+    (:func:`run_or_flag`), and the list goes on."""
+    return pd.DataFrame([run_or_flag(cfg, **kwargs) for cfg in configs])
+
+
 def run_sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], **kwargs: Any) -> pd.DataFrame:
-    """Run every configuration of a grid (seeds included), sharing one prefix cache; return the rows."""
-    rows = [run_experiment(cfg, **kwargs) for cfg in expand_grid(base, grid)]
-    return pd.DataFrame(rows)
+    """Run every configuration of a grid (seeds included) with :func:`run_configs`; return the rows."""
+    return run_configs(expand_grid(base, grid), **kwargs)
 
 
 def mean_text(mean: float, std: float, n: int) -> str:
@@ -316,9 +336,9 @@ def run_demo(
     )
     options = {"results": results, "cache": cache, "force": force, "progress": progress}
     grid = itertools.product(DEMO_METHODS, list(seeds))
-    rows = pd.DataFrame([run_experiment(replace(base, method=m, seed=s), **options) for m, s in grid])
+    rows = run_configs([replace(base, method=m, seed=s) for m, s in grid], **options)
     columns = ["method", "seed", "map", "map_at", "p_at_100", "train_seconds", "trainable_params"]
-    table = rows[[*columns, "hparams_source", "flags"]]
+    table = rows.reindex(columns=[*columns, "hparams_source", "flags"])  # a diverged run lacks some
     save_table(rows, "demo_results", out_dir=out_dir)
     title = f"{dataset}, {shots}-shot, {bits} bits (offline world, {backbone})"
     save_figure(bar_by_method(summarize(rows), title), "demo_map", rows, out_dir=out_dir)
