@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
@@ -92,10 +92,6 @@ def run_experiment(
     neither changes a result on the CPU); the row records them and times each phase (``load_seconds``,
     ``check_seconds``, ``build_seconds``, ``fit_seconds``, ``encode_seconds``, ``map_seconds``).
     """
-    from ..backbones import load_backbone
-    from ..data import few_shot_split, load_dataset
-    from ..hashing import build_hasher
-
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint= (CLI: --checkpoint), the file to resume from")
     workdir = Path(workdir) if workdir is not None else Path(results or DEFAULT_RESULTS).parent
@@ -118,27 +114,12 @@ def run_experiment(
     if cache is not None and not isinstance(cache, PrefixCache):
         cache = PrefixCache(cache)
     clock = [time.perf_counter()]
-    data = load_dataset(cfg.dataset, cfg.data_root, seed=cfg.split_seed, **cfg.data_options())
+    data = load_run_data(cfg)
     clock.append(time.perf_counter())
-    if len(data.classnames) < 2:
-        raise ValueError(
-            f"data set {cfg.dataset!r} has one class ({data.classnames[0]!r}): every database image is "
-            "relevant to every query, so any codes score mAP 1.0 and the run would show nothing; give at "
-            "least two classes (for --dataset folder: a sub-folder per class)"
-        )
-    check = checked_data(data, Path(workdir) / "data_checks", progress=progress)
+    check = check_run_data(cfg, data, workdir, progress=progress, allow_failed_check=allow_failed_check)
     clock.append(time.perf_counter())
-    if not check["ok"] and not allow_failed_check:
-        raise ValueError(
-            f"the data check of {cfg.dataset!r} failed:\n{check['report']}\nFix the data, or pass "
-            "allow_failed_check=True (CLI: --allow-failed-check) to run anyway."
-        )
-    split_dir = Path(workdir) / "splits" / f"{cfg.dataset}-{check['fingerprint'][:12]}-split{cfg.split_seed}"
-    train_set = few_shot_split(data, cfg.shots, seed=cfg.seed, out_dir=split_dir, strict=strict_shots)
-    hparams, hparams_source = cfg.resolved_hparams(num_classes=len(data.classnames))
-    torch.manual_seed(cfg.seed)
-    backbone = load_backbone(cfg.backbone, cfg.pretrained, device=device)
-    hasher = build_hasher(cfg.method, backbone, data.classnames, cfg.bits, **hparams)
+    built = build_run(cfg, data, check, workdir, device=device, strict_shots=strict_shots)
+    train_set, hparams, hparams_source, backbone, hasher = built
     clock.append(time.perf_counter())
     train_config = TrainConfig(
         epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(train_set)), lr=cfg.lr, seed=cfg.seed
@@ -217,6 +198,73 @@ def run_experiment(
         except OSError as err:  # e.g. the folder turned read-only during the run: keep the row anyway
             keep_unwritten_row(row, results, err)
     return {**row, "skipped": False, "resumed_from_epoch": trained.resumed_from_epoch}
+
+
+def load_run_data(cfg: ExperimentConfig) -> Any:
+    """A run's data set, refused when it has one class (every image is relevant to every query)."""
+    from ..data import load_dataset
+
+    data = load_dataset(cfg.dataset, cfg.data_root, seed=cfg.split_seed, **cfg.data_options())
+    if len(data.classnames) < 2:
+        raise ValueError(
+            f"data set {cfg.dataset!r} has one class ({data.classnames[0]!r}): every database image is "
+            "relevant to every query, so any codes score mAP 1.0 and the run would show nothing; give at "
+            "least two classes (for --dataset folder: a sub-folder per class)"
+        )
+    return data
+
+
+def check_run_data(
+    cfg: ExperimentConfig,
+    data: Any,
+    workdir: str | os.PathLike,
+    *,
+    progress: bool = True,
+    allow_failed_check: bool = False,
+) -> dict[str, Any]:
+    """The data's integrity check (remembered under ``workdir``: :func:`checked_data`); a failed one is
+    refused unless ``allow_failed_check``."""
+    check = checked_data(data, Path(workdir) / "data_checks", progress=progress)
+    if not check["ok"] and not allow_failed_check:
+        raise ValueError(
+            f"the data check of {cfg.dataset!r} failed:\n{check['report']}\nFix the data, or pass "
+            "allow_failed_check=True (CLI: --allow-failed-check) to run anyway."
+        )
+    return check
+
+
+class BuiltRun(NamedTuple):
+    """A run ready to train: its few-shot set, hyperparameters (and their source), backbone and hasher."""
+
+    train_set: Any
+    hparams: dict[str, Any]
+    hparams_source: str
+    backbone: Any
+    hasher: Any
+
+
+def build_run(
+    cfg: ExperimentConfig,
+    data: Any,
+    check: Mapping[str, Any],
+    workdir: str | os.PathLike,
+    *,
+    device: torch.device,
+    strict_shots: bool = False,
+) -> BuiltRun:
+    """The few-shot training set (its list kept under ``workdir``), the hyperparameters and the hasher
+    of a run on checked data: what :func:`run_experiment` trains and ``kalahash.efficiency`` times."""
+    from ..backbones import load_backbone
+    from ..data import few_shot_split
+    from ..hashing import build_hasher
+
+    split_dir = Path(workdir) / "splits" / f"{cfg.dataset}-{check['fingerprint'][:12]}-split{cfg.split_seed}"
+    train_set = few_shot_split(data, cfg.shots, seed=cfg.seed, out_dir=split_dir, strict=strict_shots)
+    hparams, hparams_source = cfg.resolved_hparams(num_classes=len(data.classnames))
+    torch.manual_seed(cfg.seed)
+    backbone = load_backbone(cfg.backbone, cfg.pretrained, device=device)
+    hasher = build_hasher(cfg.method, backbone, data.classnames, cfg.bits, **hparams)
+    return BuiltRun(train_set, hparams, hparams_source, backbone, hasher)
 
 
 def _checkpoint_contents(path: str | os.PathLike) -> str:
