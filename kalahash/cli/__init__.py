@@ -13,8 +13,8 @@ in the CLI's spelling (messages write ``results= (CLI: --results)`` and the CLI 
 :func:`~kalahash.cli.main.for_cli`). Ctrl-C prints what was kept and how to go on, exit 130. Heavy
 imports (torch, open_clip, pandas) happen inside the commands, so ``--help`` answers at once.
 
-Modules: ``options`` (options shared by commands), ``commands`` (runs and notebooks), ``search`` (own
-images), ``main`` (the parser). ``python -m kalahash.cli`` runs it too (as torchrun needs).
+Modules: ``options`` (options shared by commands), ``commands`` (runs and notebooks), ``own_images``
+(``encode``, ``index``, ``search``: your own images), ``cache_size``, ``main`` (the parser). ``python -m kalahash.cli`` runs it too (as torchrun needs).
 """
 
 from .main import build_parser, main

@@ -23,7 +23,7 @@ from .options import (
     add_scoring_args,
     add_setting_args,
 )
-from .search import add_search_commands
+from .own_images import add_search_commands
 
 
 class _Parser(argparse.ArgumentParser):
