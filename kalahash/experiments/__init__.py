@@ -2,18 +2,21 @@
 
 What lives here (import the names from ``kalahash.experiments``; the modules are how it is laid out):
 
-- ``config``: :class:`ExperimentConfig` (one run), :func:`config_hash` (its ``config_id``), ``METHODS``,
-  ``LIST_OPTIONS`` (the list files of data set ``listfile``) and the defaults of a run
+- ``config``: :class:`ExperimentConfig` (one run), :func:`config_hash` (its ``config_id``), ``METHODS`` (the
+  registry's names), ``HPARAM_FIELDS``, ``LIST_OPTIONS`` (the list files of data set ``listfile``) and the
+  defaults of a run
   (``DEFAULT_DATASET``, ``DEFAULT_BACKBONE``, ``DEFAULT_CACHE``);
 - ``results``: the results table of runs, rows checked against their config (:func:`read_results`,
   :func:`append_result`, :func:`find_result`);
-- ``runner``: :func:`run_experiment`, :func:`run_configs` (a list of runs; one that diverged is a flagged
-  row: :func:`run_or_flag`), :func:`expand_grid`, :func:`run_sweep`, :func:`summarize`,
-  :func:`run_demo`, and :func:`checked_data` (a data set's remembered integrity check);
-- ``checkpoint_ops``: the Python twins of ``kalahash eval``, ``export`` and ``check-data``
-  (:func:`evaluate_checkpoint`, :func:`export_checkpoint`, :func:`check_dataset`); from
-  ``kalahash.checkpoints``, :func:`convert_checkpoint` (``kalahash convert-checkpoint``) and
-  :func:`load_exported`;
+- ``runner``: :func:`run_experiment` (made of :func:`~kalahash.experiments.runner.load_run_data`,
+  :func:`~kalahash.experiments.runner.check_run_data` and :func:`~kalahash.experiments.runner.build_run`,
+  then training and scoring), :func:`run_configs` (a list of runs; one that diverged is a flagged row:
+  :func:`run_or_flag`), :func:`expand_grid`, :func:`run_sweep`, :func:`summarize`, :func:`run_demo`;
+- ``data_checks``: a data set's integrity check, afresh (:func:`check_dataset`, the twin of ``kalahash
+  check-data``) or remembered while its files stay the same (:func:`checked_data`, what runs use);
+- ``checkpoint_ops``: the Python twins of ``kalahash eval`` and ``export`` (:func:`evaluate_checkpoint`,
+  :func:`export_checkpoint`); from ``kalahash.checkpoints``, :func:`convert_checkpoint` (``kalahash
+  convert-checkpoint``) and :func:`load_exported`;
 - ``notebook``: the notebooks' ``PROFILES``, :func:`notebook_settings`, :func:`list_setting` (papermill's
   list parameters) and :func:`project_paths`.
 
@@ -41,13 +44,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
     ),
     "..machine": ("provenance",),
     "..results_table": ("DEFAULT_RESULTS", "DamagedRowWarning", "RowNotWrittenWarning"),
-    ".checkpoint_ops": (
-        "ExportedModel",
-        "UnnamedDatasetError",
-        "check_dataset",
-        "evaluate_checkpoint",
-        "export_checkpoint",
-    ),
+    ".checkpoint_ops": ("ExportedModel", "UnnamedDatasetError", "evaluate_checkpoint", "export_checkpoint"),
     ".config": (
         "DEFAULT_BACKBONE",
         "DEFAULT_CACHE",
@@ -59,11 +56,11 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "ExperimentConfig",
         "config_hash",
     ),
+    ".data_checks": ("check_dataset", "checked_data"),
     ".notebook": ("PROFILES", "list_setting", "notebook_settings", "project_paths"),
     ".results": ("StaleRowWarning", "append_result", "find_result", "read_results"),
     ".runner": (
         "DEMO_METHODS",
-        "checked_data",
         "expand_grid",
         "run_configs",
         "run_demo",

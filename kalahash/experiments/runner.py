@@ -21,44 +21,17 @@ import pandas as pd
 import torch
 
 from ..checkpoints import data_identity
-from ..fileio import atomic_write_text
 from ..history import DIVERGED, FLAG_MARK, group_flags, history_path, history_summary, save_history
 from ..loader import LoaderOptions
 from ..machine import provenance, resolve_device
 from ..results_table import DEFAULT_RESULTS, check_writable, keep_unwritten_row
 from ..train import TRAINING_LOOP, PrefixCache, TrainConfig, evaluate, fit, save_checkpoint
 from .config import DEFAULT_BACKBONE, DEFAULT_CACHE, DEFAULT_DATASET, DEFAULT_FIGURES, ExperimentConfig
+from .data_checks import checked_data
 from .results import append_result, find_result
 
 # the phases of a run before evaluation, timed in its row as <phase>_seconds (then encode and map)
 RUN_PHASES = ("load", "check", "build", "fit")
-
-
-def checked_data(data: Any, cache_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
-    """The integrity check of a data set, remembered while its lists and its images stay the same.
-
-    Opening every file of NUS-WIDE or MS-COCO takes minutes, so a sweep reuses the stored verdict for
-    the same lists (ids and labels: the fingerprint) as long as every file keeps its size and
-    modification time (or the in-memory pixels their content): repairing or breaking an image makes the
-    next run check again. ``kalahash check-data`` always checks afresh.
-    """
-    from ..data import check_data, content_stamp, data_fingerprint
-
-    path = Path(cache_dir) / f"{data.name}-{data_fingerprint(data)[:20]}.json"
-    stamp = content_stamp(data)  # before the check: a file changed during it is checked again next time
-    if path.exists():
-        record = json.loads(path.read_text())
-        if record.get("content_stamp") == stamp:
-            return record
-    check = check_data(data, progress=progress)
-    record = {
-        "ok": check.ok,
-        "fingerprint": check.fingerprint,
-        "content_stamp": stamp,
-        "report": check.report(),
-    }
-    atomic_write_text(path, json.dumps(record, indent=2))
-    return record
 
 
 def run_experiment(
