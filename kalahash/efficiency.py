@@ -157,8 +157,8 @@ def measure_efficiency(
     that of ``lb`` (``lora``) in the same round, ``…_spread`` its spread and ``…_reading`` what it says
     (:func:`noise_reading`); ``train_ratio_vs_frozen`` likewise for the training epoch.
     """
+    from .cache import PrefixCache
     from .experiments.runner import check_run_data, load_run_data
-    from .train import PrefixCache
 
     if not methods:
         raise ValueError("methods is empty: give at least one of " + ", ".join(EFFICIENCY_METHODS))

@@ -6,8 +6,8 @@ hasher allows it), then per epoch :func:`train_epoch` (with :func:`check_finite_
 :func:`finish_epoch` (KIDDO's B-step and the history row, with the epoch's diagnostics from
 :mod:`kalahash.hashing.diagnostics`) and :func:`save_training_state`. A hasher with nothing to train
 (method ``zeroshot``) is not trained at all.
-The token cache (:mod:`kalahash.cache`) and checkpoint files (:mod:`kalahash.checkpoints`) live in
-their own modules; their names are re-exported here.
+The token cache (:mod:`kalahash.cache`), checkpoint files (:mod:`kalahash.checkpoints`) and the image
+loader (:mod:`kalahash.loader`) live in their own modules: import their names from there.
 """
 
 from __future__ import annotations
@@ -26,16 +26,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .cache import PrefixCache, cached_features, device_autocast, features_of, images_fingerprint, uses_cache
+from .cache import PrefixCache, cached_features, device_autocast, features_of, uses_cache
 from .checkpoints import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
     check_backbone_matches,
     check_same_data,
     check_same_run,
     data_identity,
     load_checkpoint,
-    restore_hasher,
     save_checkpoint,
 )
 from .data import ImageList, RetrievalData
@@ -45,16 +42,11 @@ from .loader import LoaderOptions, pixel_batch
 from .metrics import TIES, mean_average_precision, precision_at_k
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
-    "CHECKPOINT_VERSION",
     "TRAINING_LOOP",
     "BatchSource",
-    "LoaderOptions",
-    "PrefixCache",
     "TrainConfig",
     "TrainResult",
     "batch_source",
-    "check_backbone_matches",
     "check_finite_loss",
     "check_training_input",
     "encode",
@@ -62,12 +54,8 @@ __all__ = [
     "evaluate",
     "finish_epoch",
     "fit",
-    "images_fingerprint",
-    "load_checkpoint",
     "make_optimizer",
-    "restore_hasher",
     "restore_training_state",
-    "save_checkpoint",
     "save_training_state",
     "train_epoch",
 ]

@@ -10,10 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..checkpoints import check_same_data, data_identity, export_model, hasher_from_checkpoint
+from ..checkpoints import (
+    check_same_data,
+    data_identity,
+    export_model,
+    hasher_from_checkpoint,
+    load_checkpoint,
+)
 from ..loader import LoaderOptions
 from ..machine import resolve_device
-from ..train import evaluate, load_checkpoint
+from ..train import evaluate
 from .config import LIST_OPTIONS
 
 if TYPE_CHECKING:

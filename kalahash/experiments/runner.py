@@ -20,12 +20,13 @@ from typing import Any, NamedTuple
 import pandas as pd
 import torch
 
-from ..checkpoints import data_identity
+from ..cache import PrefixCache
+from ..checkpoints import data_identity, save_checkpoint
 from ..history import DIVERGED, FLAG_MARK, group_flags, history_path, history_summary, save_history
 from ..loader import LoaderOptions
 from ..machine import provenance, resolve_device
 from ..results_table import DEFAULT_RESULTS, check_writable, keep_unwritten_row
-from ..train import TRAINING_LOOP, PrefixCache, TrainConfig, evaluate, fit, save_checkpoint
+from ..train import TRAINING_LOOP, TrainConfig, evaluate, fit
 from .config import DEFAULT_BACKBONE, DEFAULT_CACHE, DEFAULT_DATASET, DEFAULT_FIGURES, ExperimentConfig
 from .data_checks import checked_data
 from .results import append_result, find_result
