@@ -28,6 +28,8 @@ LAYERS = {
     "machine": 0,
     # the class prompt CLIP's text tower reads (backbones, hashing and the worlds' vocabularies)
     "prompts": 0,
+    # optional dependencies: imported where used, or an error naming the extra that installs them
+    "extras": 0,
     # the metrics rank with the Hamming engine
     "metrics": 1,
     "results_table": 1,

@@ -12,6 +12,7 @@ from typing import Any
 from .. import __version__
 from ..experiments.config import DEFAULT_BACKBONE, DEFAULT_DATASET, DEFAULT_FIGURES
 from ..experiments.notebook import PROFILES
+from ..extras import MissingExtraError
 from ..worlds import WORLDS, family_text
 from . import commands
 from .cache_size import add_cache_size_command
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = one_line  # no source line under a warning
     try:
         return args.func(args)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, MissingExtraError) as err:
         print(f"kalahash {args.command}: error: {for_cli(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
