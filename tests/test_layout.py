@@ -227,3 +227,10 @@ def test_the_checker_sees_a_wrong_import():
 )
 def test_the_checker_sees_every_import_form(where, source, expected):
     assert [name for _, name in _imported_modules(PACKAGE / where, source)] == expected
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_a_module_fits_in_a_readers_head(path):
+    """No module over 600 lines (the guide: a module a reader can hold in their head)."""
+    lines = len(path.read_text().splitlines())
+    assert lines < 600, f"{path.relative_to(PACKAGE)} has {lines} lines: split it by what it holds"
