@@ -234,3 +234,15 @@ def test_a_module_fits_in_a_readers_head(path):
     """No module over 600 lines (the guide: a module a reader can hold in their head)."""
     lines = len(path.read_text().splitlines())
     assert lines < 600, f"{path.relative_to(PACKAGE)} has {lines} lines: split it by what it holds"
+
+
+def test_the_readme_maps_every_module():
+    """README's "How the pieces fit" has a row for each top-level module and package."""
+    text = (PACKAGE.parent / "README.md").read_text()
+    rows = {
+        name: f"`kalahash/{name}{'/' if (PACKAGE / name).is_dir() else '.py'}`"
+        for name in LAYERS
+        if "." not in name
+    }
+    missing = sorted(name for name, row in rows.items() if f"| {row} |" not in text)
+    assert not missing, f"give these modules a row in README's module map: {missing}"
