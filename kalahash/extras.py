@@ -1,7 +1,7 @@
 """Optional dependencies, by use. The library core (data, backbones, adapters, hashing, training, runs,
-the demo's figure) needs none of them; the notebooks (papermill, Jupyter, UMAP maps) and the faiss index
-of ``kalahash index`` are extras of the package (pyproject.toml: ``notebooks``, ``search``; ``dev``
-installs both). :func:`require` imports one where it is used, or says which extra installs it.
+the demo's figure) needs none of them; the notebooks (papermill, Jupyter, UMAP maps), the faiss index of
+``kalahash index`` and the launchers of ``kalahash sweep --launcher`` (submitit) are extras of the package
+(pyproject.toml: ``notebooks``, ``search``, ``launch``; ``dev`` installs them all). :func:`require` imports one where it is used, or says which extra installs it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "umap": ("umap-learn", "notebooks"),
     "papermill": ("papermill", "notebooks"),
     "faiss": ("faiss-cpu", "search"),
+    "submitit": ("submitit", "launch"),  # the launchers raise their own SubmititMissingError, naming it
 }
 
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import pandas as pd
 
-from .experiments import project_paths
+from .experiments import Launcher, launcher_setting, project_paths
+from .experiments.launch import require_launcher
 from .experiments.notebook import FIGURES_VARIABLE
 from .extras import require
 from .fileio import atomic_write_text
@@ -128,6 +129,7 @@ def reproduce(
     fresh: bool = False,
     kernel: str | None = None,
     update_figures: bool = False,
+    launcher: Any = None,
     log: Callable[[str], None] = print,
 ) -> Reproduction:
     """Run the project's notebooks in order with ``-p profile`` (and ``-p dataset``) into a runs folder.
@@ -137,8 +139,10 @@ def reproduce(
     ``runs/<timestamp>/``, their figures and tables to ``runs/<timestamp>/figures/``. ``only`` keeps the
     notebooks with those name prefixes. A failed notebook is recorded and the next one runs. With
     ``update_figures`` the runs folder's figures (those of reused notebooks too) are then copied into the
-    project's ``figures/``, the committed gallery (CLI: ``--update-figures``). ``log`` gets a line as
-    each notebook starts and ends.
+    project's ``figures/``, the committed gallery (CLI: ``--update-figures``). ``launcher`` ("local",
+    "slurm" or a :class:`~kalahash.experiments.Launcher`; CLI: ``--launcher``) is every notebook's
+    ``launcher`` parameter: each study submits its missing runs as jobs and waits for their rows.
+    ``log`` gets a line as each notebook starts and ends.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
@@ -151,6 +155,9 @@ def reproduce(
     run_dir = previous or _new_run_dir(root / "runs")
     manifest = _read_manifest(run_dir) if previous else {"request": request, "notebooks": {}}
     parameters = {"profile": profile, **({"dataset": dataset} if dataset is not None else {})}
+    if Launcher.of(launcher) is not None:
+        require_launcher(Launcher.of(launcher))  # before any notebook: each would stop on it
+        parameters["launcher"] = launcher_setting(launcher)
     began = time.time()
     figures = run_dir / "figures"
     previous_figures = os.environ.get(FIGURES_VARIABLE)

@@ -52,16 +52,22 @@ def paired_differences(
     nothing. ``arms`` limits the arms compared (default: every arm but the baseline)."""
     table = rows.assign(_arm=arm_names(rows))
     by = list(by)
-    wide = table.pivot_table(index=[*by, "seed"], columns="_arm", values=value, aggfunc="first", sort=False)
+    wide = table.pivot_table(
+        index=[*by, "seed"], columns="_arm", values=value, aggfunc="first", sort=False, dropna=False
+    )
     if baseline not in wide:
         return pd.DataFrame(columns=[*by, "arm", "baseline", "mean", "spread", "n", "reading"])
     chosen = [a for a in (arms or dict.fromkeys(table["_arm"])) if a != baseline and a in wide]
     lines = []
     for arm in chosen:
-        diff = (wide[arm] - wide[baseline]).dropna()
+        ran = (
+            table.loc[table["_arm"] == arm].set_index([*by, "seed"]).index
+        )  # a diverged run ran, without mAP
+        diff = (wide[arm] - wide[baseline]).loc[wide.index.isin(ran)]
         groups = diff.groupby(level=by, sort=False) if by else [((), diff)]
         for key, part in groups:
             key = key if isinstance(key, tuple) else (key,)
+            part = part.dropna()  # a run without mAP pairs with nothing, but its setting is listed
             n = len(part)
             mean = float(part.mean()) if n else math.nan
             spread = float(part.std()) if n > 1 else math.nan
@@ -72,9 +78,10 @@ def paired_differences(
 
 def reading(mean: float, spread: float, n: int) -> str:
     """How a paired difference reads: "above" or "below" when its mean exceeds its seed spread, "within
-    the seed spread" when not, "one seed, no spread" with a single seed, "not run" with none."""
+    the seed spread" when not, "one seed, no spread" with a single seed, "no result" with none (the arm
+    diverged, or did not run)."""
     if n == 0 or math.isnan(mean):
-        return "not run"
+        return "no result"
     if n < 2:
         return "one seed, no spread"
     if abs(mean) > spread:
@@ -104,7 +111,7 @@ def _signed(x: float) -> str:
 def difference_text(line: Mapping[str, Any]) -> str:
     """ "+0.015 ± 0.011 (n=3)": a paired difference with its spread and count (no ± from one seed)."""
     if line["n"] == 0:
-        return "not run"
+        return "no result"
     if line["n"] < 2:
         return f"{_signed(line['mean'])} (n=1)"
     return f"{_signed(line['mean'])} ± {line['spread']:.3f} (n={line['n']})"
@@ -239,14 +246,20 @@ def _backbones_verdict(claim: Claim, rows: pd.DataFrame, by: Sequence[str], valu
     gains = paired_differences(sized, LB, ["backbone", "params"], value, arms=[KALAHASH]).sort_values(
         "params"
     )
-    if len(gains) < 2 or (gains["n"] < 2).any():
-        return CANNOT_TELL, "needs two backbones with at least two seeds each"
-    small, large = gains.iloc[0], gains.iloc[-1]
+    text = "gain over LB by size: " + ", ".join(
+        f"{g['backbone']} {difference_text(g)}" for _, g in gains.iterrows()
+    )
+    measured = gains[gains["n"] >= 2]
+    if len(measured) < 2:
+        return CANNOT_TELL, f"{text}; it needs two backbones with a gain from at least two seeds each"
+    small, large = measured.iloc[0], measured.iloc[-1]
     change = large["mean"] - small["mean"]
     noise = math.hypot(small["spread"], large["spread"])
     verdict = SUPPORTS if change > noise else CONTRADICTS if change < -noise else CANNOT_TELL
-    text = ", ".join(f"{g['backbone']} {difference_text(g)}" for _, g in gains.iterrows())
-    return verdict, f"gain over LB by size: {text}"
+    return (
+        verdict,
+        f"{text}; {large['backbone']} against {small['backbone']}, the largest and smallest measured",
+    )
 
 
 def _efficiency_verdict(claim: Claim, costs: pd.DataFrame) -> tuple[str, str]:
@@ -316,7 +329,12 @@ def _setting_line(rows: pd.DataFrame, settings: Mapping[str, Any]) -> str:
 
 def _against_table(rows: pd.DataFrame, baseline: str, by: Sequence[str], value: str) -> list[str]:
     lines = paired_differences(rows, baseline, by, value)
-    lines = lines[lines["arm"] != ZERO_SHOT].sort_values(list(by), kind="stable") if by else lines
+    lines = lines[lines["arm"] != ZERO_SHOT]
+    if by:  # setting by setting, in the order the rows have them
+        seen = list(dict.fromkeys(zip(*(rows[b] for b in by), strict=True)))
+        lines = lines.iloc[
+            sorted(range(len(lines)), key=lambda i: seen.index(tuple(lines.iloc[i][list(by)])))
+        ]
     if lines.empty:
         return [f"No arm here pairs with {baseline} by seed."]
     header = [*by, "arm", f"arm − {baseline}", "reading"]
@@ -328,24 +346,42 @@ def _against_table(rows: pd.DataFrame, baseline: str, by: Sequence[str], value: 
 
 
 def _reference_line(rows: pd.DataFrame, by: Sequence[str], value: str) -> str | None:
-    """The zero-shot codes against the best trained arm."""
-    table = rows.assign(_arm=arm_names(rows))
-    zero = table.loc[table["_arm"] == ZERO_SHOT, value]
+    """The zero-shot codes against the best trained arm of each setting where both ran."""
+    setting = (
+        rows[list(by)].astype(str).apply(lambda r: ", ".join(f"{b} {v}" for b, v in r.items()), axis=1)
+        if by
+        else ""
+    )
+    table = rows.assign(_arm=arm_names(rows), _setting=setting)
+    zero = table[table["_arm"] == ZERO_SHOT].groupby("_setting", sort=False)[value].mean()
     trained = table[(table["_arm"] != ZERO_SHOT) & table[value].notna()]
-    if zero.empty or trained.empty:
+    means = trained.groupby(["_setting", "_arm"], sort=False)[value].mean()
+    if zero.nunique() == 1:  # the text alone does not depend on these settings: one level for all of them
+        zero = pd.Series(zero.iloc[0], index=list(dict.fromkeys(means.index.get_level_values(0))))
+    both = [k for k in zero.index if k in means.index.get_level_values(0)]
+    if not both:
         return None
-    means = trained.groupby([*by, "_arm"], sort=False)[value].mean()
-    best, top, level = means.idxmax(), float(means.max()), float(zero.mean())
-    *setting, arm = best if isinstance(best, tuple) else (best,)
-    where = "".join(f", {b} {k}" for b, k in zip(by, setting, strict=True))
-    side = "above every trained arm" if level > top else "below the best trained arm"
+    best = {k: means.loc[k].idxmax() for k in both}
+    above = sum(zero[k] > means.loc[k].max() for k in both)
+    low, high = zero[both].min(), zero[both].max()
+    levels = f"{low:.3f}" if low == high else f"{low:.3f} to {high:.3f}"
+    top = max(both, key=lambda k: means.loc[k].max())
+    where = f", {top}" if top else ""
+    if len(both) == 1:
+        side = "above every trained arm" if above else "below the best trained arm"
+    else:
+        side = "above every trained arm in " + (
+            "each setting" if above == len(both) else f"{above} of the {len(both)} settings"
+        )
     return (
         f"*Reference*: the zero-shot codes (each image gets its zero-shot class's code: the text alone, "
-        f"nothing trained) score {level:.3f}, {side} here (best: {arm}{where}, {top:.3f})."
+        f"nothing trained) score {levels}, {side} (best trained: {best[top]}{where}, {means.loc[top].max():.3f})."
     )
 
 
 def _flag_lines(rows: pd.DataFrame) -> list[str]:
+    if "config_id" in rows:  # a run several arms share (a study's paper arm) counts once, by its first name
+        rows = rows.assign(_arm=arm_names(rows)).drop_duplicates("config_id")
     counts = flag_counts(rows.assign(_arm=arm_names(rows)), by="_arm")
     if not counts:
         return ["*Flags*: no run raised a flag."]
@@ -420,7 +456,8 @@ def what_this_shows(
     if claims:
         parts.append("**The paper's claims**:")
         for name in claims:
-            verdict, why = claim_verdict(name, evidence.get(name, rows), by, value)
+            table = evidence.get(name, rows)
+            verdict, why = claim_verdict(name, table, [b for b in by if b in table], value)
             claim = CLAIMS[name]
             parts.append(f"- {claim.figure}: the paper claims {claim.text}. This run **{verdict}** ({why}).")
     return Verdict("\n".join(parts).rstrip() + "\n")

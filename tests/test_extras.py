@@ -15,7 +15,17 @@ from kalahash.extras import EXTRAS, MissingExtraError, require
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every package an extra installs, as imported: none of them may be needed by the core.
-BLOCKED = ("umap", "faiss", "papermill", "jupyterlab", "jupyter_server", "ipykernel", "ipywidgets", "nbval")
+BLOCKED = (
+    "umap",
+    "faiss",
+    "papermill",
+    "jupyterlab",
+    "jupyter_server",
+    "ipykernel",
+    "ipywidgets",
+    "nbval",
+    "submitit",
+)
 
 _BLOCKER = f"""
 import importlib.abc, sys
@@ -109,9 +119,19 @@ def test_extras_are_the_packages_pyproject_lists():
     core = " ".join(project["dependencies"])
     for package, extra in EXTRAS.values():
         assert package in extras[extra] and package not in core
-    for package in ("jupyterlab", "papermill", "ipykernel", "ipywidgets", "umap-learn", "faiss-cpu"):
+    for package in (
+        "jupyterlab",
+        "papermill",
+        "ipykernel",
+        "ipywidgets",
+        "umap-learn",
+        "faiss-cpu",
+        "submitit",
+    ):
         assert package not in core
-    assert "kalahash[notebooks,search]" in extras["dev"]  # `pip install -e ".[dev]"` installs everything
+    assert (
+        "kalahash[notebooks,search,launch]" in extras["dev"]
+    )  # `pip install -e ".[dev]"` installs everything
 
 
 def test_require_imports_or_names_the_extra():

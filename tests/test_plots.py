@@ -70,3 +70,14 @@ def test_map_and_silhouettes_fit_their_axes_and_name_the_methods():
     assert [t.get_text() for t in right.get_xticklabels()] == ["LB", "KALAHash"]
     assert _error_bars(right) == 0  # one run per method and space: no spread to draw
     plt.close(fig)
+
+
+def test_a_line_marks_a_diverged_point_and_flagged_points():
+    from kalahash.plots import shot_scaling
+
+    summary = pd.DataFrame({"shots": [1, 2, 1, 2], "method": ["lb", "lb", "kalahash", "kalahash"],
+                            "mean": [0.2, 0.25, 0.22, math.nan], "std": [0.01, 0.01, 0.02, math.nan],
+                            "flags": ["", "", "anchors_collapsed×2", "loss_nonfinite×2"]})  # fmt: skip
+    fig = shot_scaling(summary, "t")
+    assert sorted(_texts(fig.axes[0])) == ["⚑", "✕ diverged"]
+    plt.close(fig)

@@ -32,7 +32,9 @@ def _rows(values: dict[str, list[float]], shots: int = 1, **extra) -> pd.DataFra
 def test_reading_compares_the_mean_with_the_seed_spread():
     assert reading(0.02, 0.01, 3) == "above" and reading(-0.02, 0.01, 3) == "below"
     assert reading(0.005, 0.01, 3) == "within the seed spread"
-    assert reading(0.05, math.nan, 1) == "one seed, no spread" and reading(math.nan, math.nan, 0) == "not run"
+    assert (
+        reading(0.05, math.nan, 1) == "one seed, no spread" and reading(math.nan, math.nan, 0) == "no result"
+    )
 
 
 def test_paired_differences_pair_by_seed_within_each_setting():
@@ -100,7 +102,7 @@ def test_the_verdict_reads_the_rows_with_reference_flags_and_claims():
     text = what_this_shows(rows, {"profile": "smoke"}, ["main"], by=("shots",))
     assert text.startswith("### What this shows") and "ours, not the paper's setting" in text
     assert "| 1 | KALAHash | -0.020 ± 0.000 (n=3) | below |" in text
-    assert "score 0.440, above every trained arm here (best: LB, shots 1, 0.250)" in text
+    assert "score 0.440, above every trained arm (best trained: LB, shots 1, 0.250)" in text
     assert f"`anchors_collapsed` in 2 of 7 runs (KALAHash ×2): {FLAG_MEANINGS['anchors_collapsed']}" in text
     assert "`W_diverged` in 1 of 7 runs" in text
     assert (
@@ -143,3 +145,19 @@ def test_a_cost_table_reads_its_ratios_against_their_spread():
     text = what_this_shows(costs, {"dataset": "objects10", "backbone": "tiny-objects-m"}, ["efficiency"])
     assert "| CLoRA | 3.00 ± 0.20, slower | 1.05 ± 0.10, within noise | — |" in text
     assert "**supports it** (CLoRA encodes at 1.05× ± 0.10 the frozen tower's time" in text
+
+
+def test_a_setting_where_an_arm_diverged_on_every_seed_is_listed_as_no_result():
+    rows = _rows({"lb": [0.2, 0.3], "kalahash": [float("nan"), float("nan")]})
+    (line,) = paired_differences(rows, "LB", by=("shots",)).to_dict("records")
+    assert line["arm"] == "KALAHash" and line["n"] == 0 and line["reading"] == "no result"
+
+
+def test_the_reference_reads_each_setting_against_its_own_zero_shot_codes():
+    rows = pd.concat([
+        _rows({"lb": [0.20, 0.30], "zeroshot": [0.40]}, backbone="small"),
+        _rows({"lb": [0.50, 0.60], "zeroshot": [0.45]}, backbone="large"),
+    ])  # fmt: skip
+    text = what_this_shows(rows, {"profile": "smoke"}, by=("backbone",))
+    assert "score 0.400 to 0.450, above every trained arm in 1 of the 2 settings" in text
+    assert "(best trained: LB, backbone large, 0.550)" in text

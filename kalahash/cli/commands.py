@@ -11,6 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .launch import checked_launcher, launched_sweep
 from .options import (
     base_config,
     cache_folder,
@@ -73,10 +74,13 @@ def interrupted_grid(args: argparse.Namespace) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ..experiments import run_sweep, summarize
+    from ..experiments import expand_grid, run_sweep, summarize
 
     base = base_config(args)
     grid = {"shots": args.shots, "bits": args.bits, "method": args.methods, "seed": args.seeds}
+    launcher = checked_launcher(args)
+    if launcher is not None:
+        return launched_sweep(launcher, expand_grid(base, grid), run_kwargs(args))
     rows = run_sweep(base, grid, **run_kwargs(args))
     print_diverged(rows)
     print_table(summarize(rows))
@@ -222,6 +226,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         kernel=args.kernel,
         update_figures=args.update_figures,
+        launcher=checked_launcher(args),
     )
     print_table(done.table[["notebook", "status", "seconds", "output"]])
     for line in done.table[done.table["error"] != ""].itertuples():

@@ -16,6 +16,7 @@ from ..extras import MissingExtraError
 from ..worlds import WORLDS, family_text
 from . import commands
 from .cache_size import add_cache_size_command
+from .launch import add_collect_command, add_launcher_args, interrupted_sweep
 from .options import (
     add_list_args,
     add_loader_args,
@@ -96,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep", help="a grid over shots x bits x methods x seeds; prints mean ± std per setting"
     )
     add_setting_args(p, many=True)
-    p.set_defaults(func=commands.cmd_sweep, interrupted=commands.interrupted_grid)
+    add_launcher_args(p)
+    p.set_defaults(func=commands.cmd_sweep, interrupted=interrupted_sweep)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint written by `kalahash run --checkpoint`")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by `kalahash run --checkpoint`")
@@ -191,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also copy the figures and tables into the project's figures/ (the committed gallery); by "
         "default they stay in the runs folder, and the repository's files are left as they are",
     )
+    add_launcher_args(p)
     p.set_defaults(
         func=commands.cmd_reproduce,
         interrupted=lambda _: (
@@ -200,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_search_commands(sub)
     add_cache_size_command(sub)
+    add_collect_command(sub)
     return parser
 
 

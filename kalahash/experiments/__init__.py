@@ -11,12 +11,15 @@ What lives here (import the names from ``kalahash.experiments``; the modules are
 - ``runner``: :func:`run_experiment` (made of :func:`~kalahash.experiments.runner.load_run_data`,
   :func:`~kalahash.experiments.runner.check_run_data` and :func:`~kalahash.experiments.runner.build_run`,
   then training and scoring), :func:`run_configs` (a list of runs; one that diverged is a flagged row:
-  :func:`run_or_flag`), :func:`expand_grid`, :func:`run_sweep`, :func:`summarize`, :func:`run_demo`;
+  :func:`run_or_flag`, :func:`diverged_row`), :func:`expand_grid`, :func:`run_sweep`, :func:`summarize`, :func:`run_demo`;
 - ``data_checks``: a data set's integrity check, afresh (:func:`check_dataset`, the twin of ``kalahash
   check-data``) or remembered while its files stay the same (:func:`checked_data`, what runs use);
 - ``checkpoint_ops``: the Python twins of ``kalahash eval`` and ``export`` (:func:`evaluate_checkpoint`,
   :func:`export_checkpoint`); from ``kalahash.checkpoints``, :func:`convert_checkpoint` (``kalahash
   convert-checkpoint``) and :func:`load_exported`;
+- ``launch``: runs as submitit jobs, locally or on Slurm (:class:`Launcher`, :func:`launch_runs`,
+  :func:`launched_rows`); ``runfiles``: one result file per launched run, the job that writes it
+  (:class:`RunJob`) and their merge into the table (:func:`collect_runs`);
 - ``notebook``: the notebooks' ``PROFILES``, :func:`notebook_settings`, :func:`list_setting` (papermill's
   list parameters) and :func:`project_paths`.
 
@@ -57,10 +60,24 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "config_hash",
     ),
     ".data_checks": ("check_dataset", "checked_data"),
+    ".launch": (
+        "LAUNCHERS",
+        "LaunchError",
+        "Launched",
+        "Launcher",
+        "SlurmMissingError",
+        "SubmititMissingError",
+        "launch_runs",
+        "launched_rows",
+        "launcher_setting",
+        "require_launcher",
+    ),
     ".notebook": ("PROFILES", "list_setting", "notebook_settings", "project_paths"),
     ".results": ("StaleRowWarning", "append_result", "find_result", "read_results"),
+    ".runfiles": ("Collected", "FailedRun", "RunJob", "collect_runs", "run_paths"),
     ".runner": (
         "DEMO_METHODS",
+        "diverged_row",
         "expand_grid",
         "run_configs",
         "run_demo",

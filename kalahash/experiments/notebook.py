@@ -71,9 +71,12 @@ def notebook_settings(profile: str = "auto", **given: Any) -> dict[str, Any]:
 
     The profile's ``pretrained`` goes with its backbone only: with another backbone (and no
     ``pretrained`` given) it is None, the backbone's own default; ``pretrained=""`` or ``"None"``
-    (papermill's ``-p pretrained ""``) also means that default.
+    (papermill's ``-p pretrained ""``) also means that default. ``launcher`` (None: runs in the notebook;
+    "local", "slurm", a mapping or its JSON text: :class:`~kalahash.experiments.Launcher`) is checked
+    here and kept as plain values, for ``run_arms(..., launcher=settings["launcher"])``.
     """
     from ..data import default_data_root, resolve_dataset_name
+    from .launch import launcher_setting
 
     dataset = given.get("dataset")
     if profile == "auto":
@@ -88,6 +91,7 @@ def notebook_settings(profile: str = "auto", **given: Any) -> dict[str, Any]:
     if str(settings.get("pretrained")).strip() in ("", "None"):
         settings["pretrained"] = None
     settings["profile"] = profile
+    settings["launcher"] = launcher_setting(settings.get("launcher"))
     settings["dataset"] = resolve_dataset_name(settings["dataset"])
     for name in _LIST_SETTINGS:
         if name in settings:

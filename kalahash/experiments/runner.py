@@ -275,9 +275,17 @@ def run_or_flag(cfg: ExperimentConfig, **kwargs: Any) -> dict[str, Any]:
     try:
         return run_experiment(cfg, **kwargs)
     except FloatingPointError as err:
-        nan = float("nan")
-        return {"config_id": cfg.config_id, **cfg.to_row(), "map": nan, "map_ties_index": nan,
-                "map_ties_average": nan, "flags": DIVERGED, "error": str(err)}  # fmt: skip
+        return diverged_row(cfg, str(err))
+
+
+def diverged_row(config: ExperimentConfig, error: str) -> dict[str, Any]:
+    """The row of a run whose loss became non-finite: a result of a list of runs, not a crash. NaN mAP,
+    the flag :data:`~kalahash.history.DIVERGED` and the error; it is not stored, so it runs again next
+    time and stops the same way (in this process, :func:`run_or_flag`; as a launched job,
+    :func:`~kalahash.experiments.launched_rows`)."""
+    nan = float("nan")
+    return {"config_id": config.config_id, **config.to_row(), "map": nan, "map_ties_index": nan,
+            "map_ties_average": nan, "flags": DIVERGED, "error": error}  # fmt: skip
 
 
 def run_configs(configs: Iterable[ExperimentConfig], **kwargs: Any) -> pd.DataFrame:
@@ -294,7 +302,9 @@ def run_sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], **kwarg
 
 def mean_text(mean: float, std: float, n: int) -> str:
     """A mean with its spread and its number of runs: "0.2300 ± 0.0100 (n=3)"; one run has no spread
-    to show ("0.2300 (n=1)")."""
+    to show ("0.2300 (n=1)"); no run with a result reads "no result (n=0)"."""
+    if n == 0:
+        return "no result (n=0)"
     return f"{mean:.4f} ± {std:.4f} (n={n})" if n > 1 else f"{mean:.4f} (n={n})"
 
 

@@ -47,15 +47,17 @@ def _bars(
             ax.text(
                 i, top * 0.02, "diverged", ha="center", va="bottom", rotation=90, fontsize=8, color="#C44E52"
             )
+        elif many:  # upright values would overlap their neighbours: turned, with the flag above them
+            ax.text(i, v + e + top * 0.01, f"{v:.3f}", ha="center", va="bottom", fontsize=7, rotation=90)
+            if flagged:
+                ax.text(i, v + e + top * 0.16, "⚑", ha="center", va="bottom", fontsize=7)
         else:
             text = f"{v:.3f}" + (" ⚑" if flagged else "")
-            ax.text(
-                i, v + e + top * 0.01, text, ha="center", va="bottom", fontsize=7, rotation=90 if many else 0
-            )
+            ax.text(i, v + e + top * 0.01, text, ha="center", va="bottom", fontsize=7)
     tilted = len(positions) > 3
     ax.set_xticks(positions, [_label(x) for x in summary[label]], rotation=30 if tilted else 0,
                   ha="right" if tilted else "center", fontsize=8)  # fmt: skip
-    ax.set_ylim(0, top * (1.3 if many else 1.18))
+    ax.set_ylim(0, top * (1.4 if many else 1.18))
 
 
 def _split_reference(summary: pd.DataFrame, label: str, value: str) -> tuple[pd.DataFrame, float | None]:
@@ -74,6 +76,19 @@ def _reference(ax: plt.Axes, level: float | None) -> None:
         ax.axhline(level, color="grey", ls="--", lw=1, label=f"zero-shot codes ({level:.3f})")
         low, high = ax.get_ylim()
         ax.set_ylim(low, max(high, level * 1.1))
+
+
+def _mark_points(
+    ax: plt.Axes, xs: Iterable[float], ys: Iterable[float], flagged: Iterable[bool], colour: Any
+) -> None:
+    """⚑ beside each point of a line whose group had a flagged run, and "diverged" at the foot of the axes
+    where a point has no value (every run of the arm diverged): such a point is never silently missing."""
+    for x, y, flag in zip(xs, ys, flagged, strict=True):
+        if math.isnan(y):
+            ax.annotate("✕ diverged", xy=(x, 0.02), xycoords=("data", "axes fraction"), ha="center",
+                        fontsize=7, color=colour)  # fmt: skip
+        elif flag:
+            ax.annotate("⚑", (x, y), xytext=(3, 3), textcoords="offset points", fontsize=8, color=colour)
 
 
 def _flag_note(fig: plt.Figure, summary: pd.DataFrame) -> None:
@@ -118,16 +133,7 @@ def shot_scaling(
         line = ax.errorbar(
             group["shots"], group[value], yerr=group[error], marker="o", capsize=3, label=_label(method)
         )
-        for x, y, f in zip(group["shots"], group[value], flagged[group.index], strict=True):
-            if f:
-                ax.annotate(
-                    "⚑",
-                    (x, y),
-                    xytext=(3, 3),
-                    textcoords="offset points",
-                    fontsize=8,
-                    color=line[0].get_color(),
-                )
+        _mark_points(ax, group["shots"], group[value], flagged[group.index], line[0].get_color())
     _reference(ax, reference)
     ax.set_xscale("log", base=2)
     shots = sorted(summary["shots"].unique())
@@ -249,16 +255,7 @@ def backbone_scaling(
             label=_label(method),
             **dashed,
         )
-        for x, y, f in zip(group["params"], group[value], _flagged(group), strict=True):
-            if f:
-                ax.annotate(
-                    "⚑",
-                    (x, y),
-                    xytext=(3, 3),
-                    textcoords="offset points",
-                    fontsize=8,
-                    color=line[0].get_color(),
-                )
+        _mark_points(ax, group["params"], group[value], _flagged(group), line[0].get_color())
     for backbone, group in table.groupby("backbone", sort=False):
         top = group[value] + group[error].fillna(0)
         ax.annotate(
@@ -450,9 +447,11 @@ def knowledge_use(
     left.axhline(0, color="grey", lw=0.8)
     left.set_ylabel("mAP difference, paired by seed")
     left.set_title("KALAHash minus ... (0: no difference)", fontsize=9)
+    styles = iter([("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")] * 4)  # arms that coincide stay visible
     for arm, group in anchors.dropna(subset=["anchors"]).groupby("variant", sort=False):
         group = group.sort_values("shots")
-        right.plot(group["shots"], group["anchors"], marker="o", label=arm)
+        marker, line = next(styles)
+        right.plot(group["shots"], group["anchors"], marker=marker, ls=line, label=arm, alpha=0.85)
     right.axhline(num_classes, color="grey", ls="--", lw=0.8, label="classes")
     right.set_ylim(0, num_classes + 1)
     right.set_ylabel("distinct sign(W) anchors (mean)")

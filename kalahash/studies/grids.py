@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..experiments import (
     ExperimentConfig,
+    launched_rows,
     list_setting,
     notebook_settings,
     run_or_flag,
@@ -298,11 +299,16 @@ def embedding_grid(settings: Mapping[str, Any], bits: int = 16) -> list[Arm]:
     ]
 
 
-def run_arms(arms: Sequence[Arm], **run_options: Any) -> pd.DataFrame:
+def run_arms(arms: Sequence[Arm], launcher: Any = None, **run_options: Any) -> pd.DataFrame:
     """Run every arm (``run_options`` go to :func:`run_experiment`; stored results are reused) and
     return their rows, with the arm's ``study`` and ``variant`` (label) in front. An arm that diverged
     gets NaN mAP and the flag :data:`~kalahash.history.DIVERGED` rather than stopping the study
-    (:func:`kalahash.experiments.run_or_flag`, as every list of runs)."""
-    return pd.DataFrame(
-        [{"study": a.study, "variant": a.label, **run_or_flag(a.config, **run_options)} for a in arms]
-    )
+    (:func:`kalahash.experiments.run_or_flag`, as every list of runs). With ``launcher`` ("local",
+    "slurm" or a :class:`~kalahash.experiments.Launcher`) the missing runs go out as jobs
+    (:func:`~kalahash.experiments.launched_rows`) and the rows come back once they have all ended."""
+    if launcher is None:
+        return pd.DataFrame(
+            [{"study": a.study, "variant": a.label, **run_or_flag(a.config, **run_options)} for a in arms]
+        )
+    rows = launched_rows([a.config for a in arms], launcher, **run_options)
+    return pd.DataFrame([{"study": a.study, "variant": a.label, **rows[a.config.config_id]} for a in arms])
