@@ -14,7 +14,8 @@ in the CLI's spelling (messages write ``results= (CLI: --results)`` and the CLI 
 imports (torch, open_clip, pandas) happen inside the commands, so ``--help`` answers at once.
 
 Modules: ``options`` (options shared by commands), ``commands`` (runs and notebooks), ``own_images``
-(``encode``, ``index``, ``search``: your own images), ``cache_size``, ``main`` (the parser). ``python -m kalahash.cli`` runs it too (as torchrun needs).
+(``encode``, ``index``, ``search``: your own images), ``launch`` (the launcher options, ``collect``),
+``cache_size``, ``main`` (the parser). ``python -m kalahash.cli`` runs it too (as torchrun needs).
 """
 
 from .main import build_parser, main
