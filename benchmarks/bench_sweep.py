@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from kalahash.cache import PrefixCache
 from kalahash.experiments import (
     DEFAULT_BACKBONE,
     DEFAULT_DATASET,
@@ -30,7 +31,6 @@ from kalahash.experiments import (
     expand_grid,
     run_experiment,
 )
-from kalahash.train import PrefixCache
 
 
 def sweep(

@@ -1,8 +1,8 @@
 """Frozen CLIP backbones: one factory over open_clip names, tags, local files, our built-ins and SLIP.
 
 The factory returns a :class:`Backbone` whose image tower has its fused attention split into
-explicit q, k, v and out projections (:mod:`kalahash.towers`), so that adapters (``kalahash.lora``)
-can wrap any of them. The towers' names are importable from here too.
+explicit q, k, v and out projections (:mod:`kalahash.towers`, where the towers' names live), so that
+adapters (``kalahash.lora``) can wrap any of them.
 """
 
 from __future__ import annotations
@@ -27,17 +27,8 @@ import torch
 from torch import nn
 
 from . import slip
-from .towers import (
-    ImageTower,
-    OpenClipTower,
-    SplitAttention,
-    TimmSplitAttention,
-    TimmTower,
-    image_tower,
-    open_clip_state_dict,
-    split_attention,
-    split_timm_attention,
-)
+from .prompts import CLASS_PROMPT
+from .towers import ImageTower, image_tower, split_attention, split_timm_attention
 
 __all__ = [
     "BUILTIN_WEIGHTS",
@@ -46,21 +37,12 @@ __all__ = [
     "WEIGHTS_DIR",
     "Backbone",
     "CompactTokenEmbedding",
-    "ImageTower",
-    "OpenClipTower",
-    "SplitAttention",
-    "TimmSplitAttention",
-    "TimmTower",
     "UnknownWordsWarning",
     "WeightsUnavailableError",
     "available_models",
     "expand_compact_state",
-    "image_tower",
     "load_backbone",
-    "open_clip_state_dict",
     "parameter_count",
-    "split_attention",
-    "split_timm_attention",
     "state_fingerprint",
 ]
 
@@ -70,7 +52,7 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 # Built-in pre-trained models that ship with the package: name -> (open_clip config, weights file).
-# tiny-objects-{s,m,l}: a family of increasing size pre-trained the same way on kalahash.objects10.
+# tiny-objects-{s,m,l}: a family of increasing size pre-trained the same way on kalahash.worlds.objects10.
 BUILTIN_WEIGHTS: dict[str, tuple[str, Path]] = {
     name: (name, WEIGHTS_DIR / f"{name}.safetensors")
     for name in ("tiny-shapes", "tiny-objects-s", "tiny-objects-m", "tiny-objects-l")
@@ -183,7 +165,7 @@ class Backbone:
         return tuple(self.model.visual.image_size)
 
     @torch.no_grad()
-    def text_knowledge(self, classnames: list[str], template: str = "a photo of a {}.") -> torch.Tensor:
+    def text_knowledge(self, classnames: list[str], template: str = CLASS_PROMPT) -> torch.Tensor:
         """Class-text knowledge K (C x embed): raw ``encode_text`` of prompts, unnormalised (notes: Model)."""
         if not classnames:
             raise ValueError("classnames is empty: give at least one class name")

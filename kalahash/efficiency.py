@@ -2,6 +2,8 @@
 epoch, images encoded per second (CLoRA's inference overhead against the frozen tower and plain LoRA),
 peak memory while training, and the time the mAP evaluation takes.
 
+Every method is built as a run builds it (:mod:`kalahash.experiments.runner`'s pieces: the data loaded and
+checked, the few-shot set drawn, the hasher built; the lists and the check kept in a temporary folder).
 Timings are noisy, so every method is built once in this process and warmed up (an untimed epoch and
 encode: compilation, the prefix cache, the allocator), then the methods are timed *alternately*, one
 after the other in each of several rounds. A ratio (a method's time over the frozen tower's) is taken
@@ -29,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .experiments import ExperimentConfig
+from .experiments import DEFAULT_BACKBONE, DEFAULT_DATASET, ExperimentConfig
 from .machine import provenance, resolve_device
 
 EFFICIENCY_METHODS = ("lb", "fft", "lora", "clora", "kalahash")
@@ -120,20 +122,16 @@ class _Subject:
 
 
 def _subject(
-    config: ExperimentConfig, data: Any, device: torch.device, encode_images: int, cache: Any
-) -> _Subject:
-    """Build ``config``'s hasher on its own backbone, ready to train on its few-shot set through the
+    config: ExperimentConfig, data: Any, check: Any, workdir: str, device: torch.device, encode_images: int,
+    cache: Any,
+) -> _Subject:  # fmt: skip
+    """Build ``config``'s hasher as a run builds it (:func:`kalahash.experiments.runner.build_run`: its
+    few-shot set, hyperparameters and hasher on its own backbone), ready to train on that set through the
     prefix cache (as runs train) and to encode ``encode_images`` database images through the tower."""
-    from .backbones import load_backbone
-    from .data import few_shot_split
-    from .hashing import build_hasher
+    from .experiments.runner import build_run
     from .train import TrainConfig, TrainResult, batch_source, finish_epoch, make_optimizer, train_epoch
 
-    train_set = few_shot_split(data, config.shots, seed=config.seed)
-    hparams, _ = config.resolved_hparams(num_classes=len(data.classnames))
-    torch.manual_seed(config.seed)
-    backbone = load_backbone(config.backbone, config.pretrained, device=device)
-    hasher = build_hasher(config.method, backbone, data.classnames, config.bits, **hparams)
+    train_set, _, _, backbone, hasher = build_run(config, data, check, workdir, device=device)
     view = data.database.with_transform(backbone.preprocess)
     batch = torch.stack([view[i][0] for i in range(min(encode_images, len(view)))]).to(device)
     train_config = TrainConfig(batch_size=min(config.batch_size, len(train_set)), seed=config.seed)
@@ -155,10 +153,10 @@ def _subject(
 
 
 def measure_efficiency(
-    dataset: str = "objects10",
+    dataset: str = DEFAULT_DATASET,
     *,
     data_root: str | None = None,
-    backbone: str = "tiny-objects-m",
+    backbone: str = DEFAULT_BACKBONE,
     pretrained: str | None = None,
     methods: Sequence[str] = EFFICIENCY_METHODS,
     shots: int = 8,
@@ -178,8 +176,8 @@ def measure_efficiency(
     that of ``lb`` (``lora``) in the same round, ``…_spread`` its spread and ``…_reading`` what it says
     (:func:`noise_reading`); ``train_ratio_vs_frozen`` likewise for the training epoch.
     """
-    from .data import load_dataset
-    from .train import PrefixCache
+    from .cache import PrefixCache
+    from .experiments.runner import check_run_data, load_run_data
 
     if not methods:
         raise ValueError("methods is empty: give at least one of " + ", ".join(EFFICIENCY_METHODS))
@@ -189,10 +187,14 @@ def measure_efficiency(
     torch.set_flush_denormal(True)
     base = ExperimentConfig(dataset=dataset, data_root=data_root, backbone=backbone, pretrained=pretrained,
                             shots=shots, bits=bits, seed=seed)  # fmt: skip
-    data = load_dataset(base.dataset, base.data_root)
-    with tempfile.TemporaryDirectory(prefix="kalahash-efficiency-") as cache_root:
-        cache = PrefixCache(cache_root)
-        subjects = [_subject(replace(base, method=m), data, device, encode_images, cache) for m in methods]
+    data = load_run_data(base)
+    with tempfile.TemporaryDirectory(prefix="kalahash-efficiency-") as workdir:
+        check = check_run_data(base, data, workdir, progress=False)  # as a run checks it; kept with the run
+        cache = PrefixCache(f"{workdir}/cache")
+        subjects = [
+            _subject(replace(base, method=m), data, check, workdir, device, encode_images, cache)
+            for m in methods
+        ]
         for subject in subjects:  # warm-up: compilation, the cache's tokens, the allocator
             subject.epoch()
             subject.encode()

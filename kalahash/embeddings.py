@@ -19,6 +19,7 @@ from torch import nn
 
 from .cache import PrefixCache, device_autocast, feature_batches
 from .data import ImageList
+from .extras import require
 from .hashing import sign
 from .loader import LoaderOptions
 from .metrics import silhouette_100
@@ -149,7 +150,7 @@ def umap_2d(x: np.ndarray, metric: str, random_state: int = 0, n_neighbors: int 
         raise ValueError(f"UMAP needs at least 3 points, got {len(x)}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import umap  # slow to import (numba): only when a map is drawn
+        umap = require("umap", "a UMAP map")  # slow to import (numba): only when drawn
 
         reducer = umap.UMAP(
             n_components=2,

@@ -18,17 +18,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from scipy.special import digamma, gammaln
 
-from .hamming import (
-    _popcount_table,  # noqa: F401  (the byte-table popcount, tested through this module)
-    distances,
-    pack_words,
-    topk,
-)
+__all__ = ["TIES", "mean_average_precision", "precision_at_k", "precision_recall_curve", "silhouette_100"]
 
-__all__ = ["mean_average_precision", "precision_at_k", "precision_recall_curve", "silhouette_100"]
-
+# The tie rules of mAP (mean_average_precision): ties broken by database index, or the exact average over
+# the orders within tied groups. The one definition: runs, tables, the CLI and efficiency read it here.
+# This module imports the Hamming engine (numba) and scipy where they are used, so reading TIES is light.
 TIES = ("index", "average")
 
 # Working memory per chunk of queries. The estimate is rough (numpy temporaries), so the real peak is a
@@ -173,6 +168,8 @@ class _Retrieval:
 
     def hamming(self, rows: slice) -> np.ndarray:
         """Exact Hamming distances (chunk, n_db) by XOR + popcount over packed words (a reused buffer)."""
+        from .hamming import distances
+
         q = self.q_words[rows]
         return distances(q, self.db_words, out=self._dist[: q.shape[0]])
 
@@ -185,6 +182,8 @@ class _Retrieval:
 
     def topk_relevance(self, rows: slice, k: int) -> np.ndarray:
         """(chunk, k) relevance of the ranked top-k items (k <= n_db), ties broken by database index."""
+        from .hamming import topk
+
         top, _ = topk(self.q_words[rows], self.db_words, k)
         return self.relevant(np.arange(rows.start, rows.stop)[:, None], top)
 
@@ -242,6 +241,8 @@ class _Retrieval:
 
 def _pack(flags: np.ndarray) -> np.ndarray:
     """Bool matrix -> (n, words) unsigned ints, one bit per column (zero padding never counts)."""
+    from .hamming import pack_words
+
     return pack_words(np.packbits(flags, axis=1))
 
 
@@ -259,6 +260,8 @@ def _group_precision_sum(t: np.ndarray, m: np.ndarray, s: np.ndarray, c: np.ndar
     H1 = sum_p 1/(s+p) = digamma(s+m+1) - digamma(s+1) and H2 = sum_p (p-1)/(s+p) = m - (s+1) H1.
     Entries with m == 0 give 0.
     """
+    from scipy.special import digamma
+
     t, m, s, c = (np.asarray(a, dtype=np.float64) for a in (t, m, s, c))
     safe_m = np.maximum(m, 1.0)
     h1 = digamma(s + safe_m + 1.0) - digamma(s + 1.0)
@@ -268,6 +271,8 @@ def _group_precision_sum(t: np.ndarray, m: np.ndarray, s: np.ndarray, c: np.ndar
 
 
 def _log_comb(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from scipy.special import gammaln
+
     return gammaln(a + 1.0) - gammaln(b + 1.0) - gammaln(a - b + 1.0)
 
 

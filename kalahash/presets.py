@@ -2,13 +2,18 @@
 
 The release tuned CLoRA's rank r and strength α and KIDDO's loss weights per data set and shot count,
 for 16 bits on CLIP ViT-B/32 (notes: Released hyperparameters). Every other setting the notebooks use
-gets the values of the nearest released shot count, and says so in ``source``. A data set the release
-has no setting for (a user's own) gets the release's defaults, marked ``release defaults``.
+gets the values of the nearest released shot count, and says so in ``source``. An offline world's sets
+borrow the values of the paper data set their spec names (:class:`kalahash.worlds.WorldSpec`). A data
+set the release has no setting for (a user's own) gets the release's defaults, marked ``release defaults``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from .hashing.kiddo import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_GAMMA
+from .lora import DEFAULT_RANK, DEFAULT_STRENGTH
+from .worlds import WORLDS, world_of
 
 RELEASED_SHOTS = (1, 2, 4, 8)
 PRESET_SHOTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 500)
@@ -35,23 +40,19 @@ _RELEASED: dict[str, dict[int, tuple[int, float, float, float, float]]] = {
         8: (8, 0.4, 0.001, 1.0, 2.0),
     },
 }
-# Our offline worlds borrow the released values of the paper data set they imitate.
-_BORROWED = {
-    "shapes": "cifar10",
-    "shapes-multi": "nuswide",
-    "objects10": "cifar10",
-    "objects10-multi": "nuswide",
-}
-# The controls of the class-text knowledge K a run may take (hyperparameter ``knowledge``; what each
-# does: kalahash.hashing.knowledge). Here, in the lightest module, so the CLI lists them without torch.
-KNOWLEDGE_MODES = ("true", "permuted", "random")
 # The backbone the release tuned on (open_clip name, pretrained tag): only runs on it are "released".
 RELEASED_BACKBONE = ("ViT-B-32", "openai")
-# Plain LoRA baseline: the release's default model config before per-setting overrides.
-LORA_BASELINE = {"rank": 8, "strength": 0.5}
+# Plain LoRA baseline: the release's default model config before per-setting overrides (the adapters'
+# defaults, kalahash.lora).
+LORA_BASELINE = {"rank": DEFAULT_RANK, "strength": DEFAULT_STRENGTH}
 # For data sets the release has no setting for (a user's own): that default config and the paper's
-# default loss weights (ALPHA 0.1, BETA 1, GAMMA 1).
-RELEASE_DEFAULTS = {**LORA_BASELINE, "kiddo_alpha": 0.1, "kiddo_beta": 1.0, "kiddo_gamma": 1.0}
+# default loss weights (KIDDO's defaults, kalahash.hashing.kiddo).
+RELEASE_DEFAULTS = {
+    **LORA_BASELINE,
+    "kiddo_alpha": DEFAULT_ALPHA,
+    "kiddo_beta": DEFAULT_BETA,
+    "kiddo_gamma": DEFAULT_GAMMA,
+}
 DEFAULTS_SOURCE = "release defaults"
 
 
@@ -73,6 +74,13 @@ class Preset:
         return self.source.startswith(DEFAULTS_SOURCE)
 
 
+def _borrowed(dataset: str) -> str:
+    """The data set whose released values ``dataset`` uses: the paper's one an offline world's set
+    imitates (its spec's ``borrows``), else itself."""
+    world = world_of(dataset)
+    return dataset if world is None else world.borrows[dataset]
+
+
 def _nearest_released(shots: int) -> int:
     return min(RELEASED_SHOTS, key=lambda s: (abs(s - shots), s))
 
@@ -82,9 +90,9 @@ def preset(dataset: str, shots: int, bits: int, backbone: tuple[str, str | None]
 
     ``backbone`` (name, pretrained) is the run's: values are ``released`` only on
     :data:`RELEASED_BACKBONE` (None: the backbone is not part of the question)."""
-    base = _BORROWED.get(dataset, dataset)
+    base = _borrowed(dataset)
     if base not in _RELEASED:
-        known = ", ".join(sorted([*_RELEASED, *_BORROWED]))
+        known = ", ".join(sorted([*_RELEASED, *_world_sets()]))
         raise ValueError(f"no presets for dataset {dataset!r}; presets exist for: {known}")
     if not isinstance(shots, int) or shots <= 0:
         raise ValueError(f"shots must be a positive integer, got {shots!r}")
@@ -121,12 +129,16 @@ def setting_hparams(
 ) -> Preset:
     """The preset of a setting (on ``backbone``, see :func:`preset`); for a data set without presets,
     the release's defaults, marked so."""
-    if _BORROWED.get(dataset, dataset) in _RELEASED:
+    if _borrowed(dataset) in _RELEASED:
         return preset(dataset, shots, bits, backbone)
     source = f"{DEFAULTS_SOURCE} (no released setting for {dataset!r})"
     return Preset(dataset, shots, bits, dict(RELEASE_DEFAULTS), source)
 
 
+def _world_sets() -> list[str]:
+    return [name for spec in WORLDS.values() for name in spec.borrows]
+
+
 def preset_table() -> list[Preset]:
     """Every preset the notebooks use: data sets x shots x bits."""
-    return [preset(d, s, b) for d in [*_RELEASED, *_BORROWED] for s in PRESET_SHOTS for b in PRESET_BITS]
+    return [preset(d, s, b) for d in [*_RELEASED, *_world_sets()] for s in PRESET_SHOTS for b in PRESET_BITS]

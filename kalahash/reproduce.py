@@ -26,6 +26,7 @@ import pandas as pd
 from .experiments import Launcher, launcher_setting, project_paths
 from .experiments.launch import require_launcher
 from .experiments.notebook import FIGURES_VARIABLE
+from .extras import require
 from .fileio import atomic_write_text
 
 MANIFEST = "manifest.json"
@@ -145,6 +146,7 @@ def reproduce(
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    require("papermill", "running the notebooks (reproduce)")
     paths = project_paths(root) if root is not None else project_paths()
     root = paths["root"]
     notebooks = find_notebooks(root / "notebooks", only)

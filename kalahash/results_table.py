@@ -6,6 +6,10 @@ caller's ``check`` rejects it (``kalahash.experiments`` checks that its config_i
 config it records). Reading skips a damaged row with a :class:`DamagedRowWarning` naming file:line, so
 its config runs again; appending moves it, byte for byte, to ``<table>.damaged`` beside the table and
 says so. No intact line is ever rewritten: an append adds one line (and, for a new column, empty cells).
+
+The low-level layer: :func:`read_table` and :func:`append_row` take any ``check``; the runs' table
+(rows checked against their config, flags read) is ``kalahash.experiments.read_results`` /
+``append_result``.
 """
 
 from __future__ import annotations
@@ -146,7 +150,7 @@ def _warn(path: Path, damaged: list[DamagedRow], what: str) -> None:
         warnings.warn(f"{path}:{row.line}: damaged row {what}: {row.reason}", DamagedRowWarning, stacklevel=3)
 
 
-def read_results(
+def read_table(
     path: str | os.PathLike = DEFAULT_RESULTS, check: RowCheck | None = None, text: Iterable[str] = ()
 ) -> pd.DataFrame:
     """The intact rows of a results table (empty if there is none); damaged rows are skipped with a
@@ -193,7 +197,7 @@ def _set_aside(path: Path, damaged: list[DamagedRow]) -> None:
     atomic_write_text(aside, previous + notes)
 
 
-def append_result(
+def append_row(
     row: Mapping[str, Any], path: str | os.PathLike = DEFAULT_RESULTS, check: RowCheck | None = None
 ) -> None:
     """Append one row atomically; two processes appending at once both land, the file stays whole.
@@ -261,7 +265,7 @@ def keep_unwritten_row(row: Mapping[str, Any], path: str | os.PathLike, error: O
 
 
 def find_row(config_id: str, table: pd.DataFrame) -> dict[str, Any] | None:
-    """The last row of ``table`` (as :func:`read_results` gives it) with this ``config_id``, or None."""
+    """The last row of ``table`` (as :func:`read_table` gives it) with this ``config_id``, or None."""
     if table.empty or "config_id" not in table:
         return None
     hits = table[table["config_id"] == config_id]

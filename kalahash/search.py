@@ -39,6 +39,7 @@ from .cache import device_autocast
 from .checkpoints import hasher_from_checkpoint, load_checkpoint
 from .codestore import CodeSet, Records, consolidate, load_codes, plan_encode, write_part
 from .data import open_image
+from .extras import require
 from .fileio import atomic_write, atomic_write_text
 from .hamming import distances, order_ties, pack_words
 from .hashing import sign
@@ -326,7 +327,7 @@ def build_index(codes: str | os.PathLike, kind: str = "flat", *, neighbors: int 
     a node) is approximate and meant for very large sets. :func:`search` asks it with
     ``engine="index"``; by default it ranks exactly with kalahash's own engine, the faster exact path.
     """
-    import faiss
+    faiss = require("faiss", "a faiss index")
 
     if kind not in INDEX_KINDS:
         raise ValueError(f"kind must be one of {', '.join(INDEX_KINDS)}, got {kind!r}")
@@ -469,8 +470,7 @@ def _candidates(store: CodeSet, code: np.ndarray, k: int, engine: str) -> np.nda
         raise ValueError(
             f"no faiss index in {store.folder}: run `kalahash index --codes {store.folder}` first"
         )
-    import faiss
-
+    faiss = require("faiss", "a search with engine='index' (CLI: --engine index)")
     faiss_index = faiss.read_index_binary(str(store.folder / "index.faiss"))
     if built["kind"] == "hnsw":
         faiss_index.hnsw.efSearch = max(faiss_index.hnsw.efSearch, 2 * k)

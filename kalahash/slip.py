@@ -9,7 +9,7 @@ weights have the same shapes either way, so the head count must come from :class
 from a default. ``image_mlp.*`` (SLIP's SimCLR head) is not part of the CLIP model and is dropped.
 
 :func:`build_slip_model` turns a config into an ``open_clip.CLIP`` whose ``visual`` is a
-:class:`TimmImageTower` (keys ``visual.trunk.*`` and ``visual.head.proj.weight``, as open_clip's own
+:class:`SlipImageTower` (keys ``visual.trunk.*`` and ``visual.head.proj.weight``, as open_clip's own
 ``TimmModel`` names them); :func:`load_slip_weights` maps a checkpoint into it, strictly.
 :mod:`kalahash.backbones` dispatches the names of :data:`SLIP_MODELS` here.
 """
@@ -108,7 +108,7 @@ def add_slip_config(name: str, config: SlipConfig) -> None:
     SLIP_MODELS[name] = config
 
 
-class TimmImageTower(nn.Module):
+class SlipImageTower(nn.Module):
     """A timm ViT pooled on its class token, then a bias-free linear projection to the joint space.
 
     The layout of open_clip's ``TimmModel`` (``trunk``, ``head.proj``), built from explicit shapes so
@@ -150,7 +150,7 @@ def build_slip_model(config: SlipConfig, device: str | torch.device | None = Non
     )
     with torch.device(device if device is not None else "cpu"):
         model = open_clip.CLIP(config.embed_dim, stand_in, text_cfg, quick_gelu=True)
-        model.visual = TimmImageTower(config)
+        model.visual = SlipImageTower(config)
     return model
 
 

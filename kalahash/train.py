@@ -6,8 +6,8 @@ hasher allows it), then per epoch :func:`train_epoch` (with :func:`check_finite_
 :func:`finish_epoch` (KIDDO's B-step and the history row, with the epoch's diagnostics from
 :mod:`kalahash.hashing.diagnostics`) and :func:`save_training_state`. A hasher with nothing to train
 (method ``zeroshot``) is not trained at all.
-The token cache (:mod:`kalahash.cache`) and checkpoint files (:mod:`kalahash.checkpoints`) live in
-their own modules; their names are re-exported here.
+The token cache (:mod:`kalahash.cache`), checkpoint files (:mod:`kalahash.checkpoints`) and the image
+loader (:mod:`kalahash.loader`) live in their own modules: import their names from there.
 """
 
 from __future__ import annotations
@@ -26,35 +26,27 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .cache import PrefixCache, cached_features, device_autocast, features_of, images_fingerprint, uses_cache
+from .cache import PrefixCache, cached_features, device_autocast, features_of, uses_cache
 from .checkpoints import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
     check_backbone_matches,
     check_same_data,
     check_same_run,
     data_identity,
     load_checkpoint,
-    restore_hasher,
     save_checkpoint,
 )
 from .data import ImageList, RetrievalData
 from .hashing import sign
 from .hashing.diagnostics import EpochTally, epoch_diagnostics
 from .loader import LoaderOptions, pixel_batch
-from .metrics import mean_average_precision, precision_at_k
+from .metrics import TIES, mean_average_precision, precision_at_k
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
-    "CHECKPOINT_VERSION",
     "TRAINING_LOOP",
     "BatchSource",
-    "LoaderOptions",
-    "PrefixCache",
     "TrainConfig",
     "TrainResult",
     "batch_source",
-    "check_backbone_matches",
     "check_finite_loss",
     "check_training_input",
     "encode",
@@ -62,12 +54,8 @@ __all__ = [
     "evaluate",
     "finish_epoch",
     "fit",
-    "images_fingerprint",
-    "load_checkpoint",
     "make_optimizer",
-    "restore_hasher",
     "restore_training_state",
-    "save_checkpoint",
     "save_training_state",
     "train_epoch",
 ]
@@ -445,8 +433,8 @@ def evaluate(
     codes tie massively and the two can differ. Query and database are encoded in one pass (one worker
     pool); ``encode_seconds`` and ``map_seconds`` time the two phases.
     """
-    if ties not in ("index", "average"):
-        raise ValueError(f"ties must be 'index' or 'average', got {ties!r}")
+    if ties not in TIES:
+        raise ValueError(f"ties must be {' or '.join(map(repr, TIES))}, got {ties!r}")
     topk = data.topk if topk is None else topk
     began = time.perf_counter()
     lists = [data.query, data.database]
@@ -455,7 +443,7 @@ def evaluate(
     )
     encoded = time.perf_counter()
     args = (query, data.query.labels, database, data.database.labels)
-    by_rule = {rule: mean_average_precision(*args, topk=topk, ties=rule) for rule in ("index", "average")}
+    by_rule = {rule: mean_average_precision(*args, topk=topk, ties=rule) for rule in TIES}
     p_at_k = precision_at_k(*args, k=min(precision_k, len(database)), ties=ties)
     return {
         "map": by_rule[ties],

@@ -6,14 +6,12 @@ import torch
 from helpers import fresh_tiny
 
 from kalahash.backbones import (
-    SplitAttention,
     WeightsUnavailableError,
     load_backbone,
-    open_clip_state_dict,
-    split_attention,
     state_fingerprint,
 )
 from kalahash.cli import main
+from kalahash.towers import SplitAttention, open_clip_state_dict, split_attention
 
 
 @pytest.mark.parametrize("name,size", [("tiny", 32), ("ViT-B-32", 224)])

@@ -11,7 +11,7 @@ from PIL import Image
 
 from kalahash.cli import build_parser, main
 from kalahash.data import ShortShotsWarning
-from kalahash.experiments import RowNotWrittenWarning, read_results
+from kalahash.experiments import ExperimentConfig, RowNotWrittenWarning, read_results
 
 
 def test_run_writes_a_row_and_skips_a_repeat(tmp_path, capsys, monkeypatch):
@@ -427,3 +427,44 @@ def test_version_and_a_quick_help():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout and "kalahash 0." in done.stdout and "--seeds" in done.stdout
+
+
+def test_a_sweep_goes_on_past_a_run_that_diverged(tmp_path, capsys, monkeypatch):
+    """The sweep records a run whose loss became non-finite as a flagged row (NaN mAP), says so, and runs
+    the rest, as a study does: one function runs every list of configurations."""
+    import kalahash.experiments.runner as runner
+    from kalahash.experiments import run_sweep
+
+    ran = []
+
+    def fake(cfg, **_):
+        ran.append(cfg.method)
+        if cfg.method == "kalahash":
+            raise FloatingPointError("the loss became nan at epoch 3, step 1 (kalahash)")
+        return {"config_id": cfg.config_id, **cfg.to_row(), "map": 0.3, "flags": ""}
+
+    monkeypatch.setattr(runner, "run_experiment", fake)
+    args = [
+        "sweep",
+        "--methods",
+        "kalahash",
+        "lb",
+        "--seeds",
+        "0",
+        "--results",
+        str(tmp_path / "r.csv"),
+        "--quiet",
+    ]
+    assert main(args) == 0
+    assert ran == ["kalahash", "lb"]
+    out, err = capsys.readouterr()
+    assert (
+        "diverged: method kalahash, knowledge true, shots 1, bits 16, seed 0: the loss became nan at epoch 3"
+        in out
+    )
+    assert "loss_nonfinite" in out and "0.3000 (n=1)" in out
+    assert [line for line in err.splitlines() if line.startswith("WARNING")] == [
+        next(line for line in err.splitlines() if "method kalahash" in line and "loss_nonfinite" in line)
+    ]
+    rows = run_sweep(ExperimentConfig(), {"method": ["kalahash", "lb"]}, results=None)
+    assert rows["map"].isna().tolist() == [True, False] and rows["flags"].tolist() == ["loss_nonfinite", ""]

@@ -9,6 +9,7 @@ import torch
 from helpers import fresh_tiny, tiny_list_dataset
 
 from kalahash.backbones import load_backbone
+from kalahash.checkpoints import load_checkpoint, save_checkpoint
 from kalahash.cli import main
 from kalahash.data import DataCheck, load_dataset
 from kalahash.experiments import (
@@ -22,7 +23,7 @@ from kalahash.experiments import (
     run_experiment,
 )
 from kalahash.hashing import build_hasher
-from kalahash.train import encode, load_checkpoint, save_checkpoint
+from kalahash.train import encode
 
 
 @pytest.fixture(scope="module")

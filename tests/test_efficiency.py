@@ -72,6 +72,13 @@ def test_a_method_without_its_reference_has_no_ratio(tmp_path):
     assert (alone["encode_overhead_vs_frozen_reading"] == "not measured").all()
 
 
+def test_methods_are_built_as_runs_build_them(tmp_path):
+    """The runner's pieces build each method: data whose check fails is refused as a run refuses it."""
+    tiny_list_dataset(tmp_path / "data", duplicate_query_into_database=True)
+    with pytest.raises(ValueError, match="the data check of 'nuswide' failed"):
+        _measure(tmp_path, ("lb",))
+
+
 def test_time_map_times_both_tie_rules_on_the_data_sets_sizes(tmp_path):
     tiny_list_dataset(tmp_path / "data")
     data = load_dataset("nuswide", str(tmp_path / "data"))

@@ -6,10 +6,10 @@ import torch
 from helpers import tiny_list_dataset
 from PIL import Image
 
+from kalahash.checkpoints import load_checkpoint
 from kalahash.cli import main
 from kalahash.experiments import ExperimentConfig, notebook_settings, project_paths, run_experiment
 from kalahash.plots import save_figure, shot_scaling
-from kalahash.train import load_checkpoint
 
 
 def _config(root, **kw) -> ExperimentConfig:

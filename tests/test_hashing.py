@@ -500,7 +500,7 @@ def test_encode_autocast_and_api_attributes():
 @pytest.mark.parametrize(
     ("args", "kwargs", "message"),
     [
-        (("dsh", CLASSES, 16), {}, r"unknown method 'dsh'.*'fft', 'lb', 'lora', 'clora', 'kalahash'"),
+        (("dsh", CLASSES, 16), {}, r"unknown method 'dsh'.*'lb', 'fft', 'lora', 'clora', 'kalahash'"),
         (("lb", CLASSES, 16), {"loss": "dch"}, r"unknown loss 'dch'.*'dpsh'"),
         (("lb", CLASSES, 16), {"lr": 0.1}, r"unknown hparam\(s\) 'lr'.*'rank'"),
         (("lb", CLASSES, 0), {}, "bits must be a positive int"),
@@ -540,7 +540,7 @@ def test_class_names_a_tiny_clip_never_learned_are_warned_about():
     import warnings
 
     from kalahash.backbones import UnknownWordsWarning, load_backbone
-    from kalahash.objects10 import CLASSNAMES
+    from kalahash.worlds.objects10 import CLASSNAMES
 
     cifar = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     with pytest.warns(UnknownWordsWarning, match=r"never learned: airplane, automobile, bird, .*, truck\."):
@@ -552,3 +552,16 @@ def test_class_names_a_tiny_clip_never_learned_are_warned_about():
         build_hasher("zeroshot", load_backbone("tiny"), cifar, 16)  # a full (random) vocabulary
     with pytest.warns(UnknownWordsWarning, match=r"never learned: fishing\."):
         build_hasher("zeroshot", load_backbone("tiny-objects-m"), ["house", "fishing boat"], 16)
+
+
+def test_one_method_registry():
+    """The run configs, the CLI and the tables read the factory's registry: one list of methods."""
+    from kalahash.experiments import METHODS as RUN_METHODS
+    from kalahash.experiments import ExperimentConfig
+    from kalahash.hashing import METHOD_LABELS, METHODS, uses_knowledge
+
+    assert tuple(METHODS) == RUN_METHODS and set(METHODS) <= set(METHOD_LABELS)
+    readers = [m for m in METHODS if uses_knowledge(m, {})]
+    assert readers == ["clora", "kalahash", "zeroshot"]
+    with pytest.raises(ValueError, match=r"methods that read K \(clora, kalahash, zeroshot, or any"):
+        ExperimentConfig(method="lora", knowledge="permuted")

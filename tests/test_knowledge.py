@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from helpers import fresh_tiny
 
+from kalahash.cache import PrefixCache
 from kalahash.data import ImageList
 from kalahash.hashing import (
     KNOWLEDGE_MODES,
@@ -15,7 +16,7 @@ from kalahash.hashing import (
     hadamard,
     knowledge_permutation,
 )
-from kalahash.train import PrefixCache, encode, fit, make_optimizer
+from kalahash.train import encode, fit, make_optimizer
 
 CLASSES = ["red circle", "blue square", "green triangle", "plain star"]
 
@@ -149,7 +150,7 @@ def test_anchor_momentum_gives_g_its_own_optimizer_group():
 
 
 def test_a_checkpoint_restores_the_same_control(tmp_path):
-    from kalahash.train import load_checkpoint, restore_hasher, save_checkpoint
+    from kalahash.checkpoints import load_checkpoint, restore_hasher, save_checkpoint
 
     for method, hp in (("kalahash", {"rank": 2}), ("zeroshot", {})):
         hasher = build_hasher(method, fresh_tiny(), CLASSES, 8, knowledge="random", knowledge_seed=9, **hp)

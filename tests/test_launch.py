@@ -381,7 +381,8 @@ def test_a_study_with_a_launcher_gets_rows_and_diverged_arms_and_stops_on_other_
     tmp_path, monkeypatch
 ):
     from kalahash.experiments import FailedRun, Launched
-    from kalahash.studies import DIVERGED, Arm, run_arms
+    from kalahash.history import DIVERGED
+    from kalahash.studies import Arm, run_arms
 
     ok, diverged, broken = (replace_method(BASE, m) for m in ("lb", "lora", "fft"))
     calls = []

@@ -13,6 +13,7 @@ from torchvision import transforms as T
 
 import kalahash.loader
 from kalahash.backbones import load_backbone
+from kalahash.cache import PrefixCache
 from kalahash.data import ImageList, RetrievalData, load_dataset
 from kalahash.embeddings import embed
 from kalahash.hashing import build_hasher
@@ -25,7 +26,7 @@ from kalahash.loader import (
     image_batches,
     pil_weights,
 )
-from kalahash.train import PrefixCache, evaluate
+from kalahash.train import evaluate
 
 # Device preprocessing reproduces PIL's fixed-point resize: the tolerance is 0 (bit-identical pixels).
 PIXEL_TOLERANCE = 0.0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from kalahash import metrics
+from kalahash import hamming, metrics
 from kalahash.metrics import (
     mean_average_precision,
     precision_at_k,
@@ -448,7 +448,7 @@ def test_popcount_table_matches_numpy():
     for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
         words = rng.integers(0, np.iinfo(dtype).max, size=(3, 50), dtype=dtype, endpoint=True)
         out = np.empty(words.shape, dtype=np.uint8)
-        np.testing.assert_array_equal(metrics._popcount_table(words, out), np.bitwise_count(words))
+        np.testing.assert_array_equal(hamming._popcount_table(words, out), np.bitwise_count(words))
 
 
 _Q, _QL, _D, _DL = random_case(0, n_query=3, n_db=10, bits=8, classes=4)

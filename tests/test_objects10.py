@@ -1,5 +1,5 @@
-"""objects10 and the tiny-objects family: determinism, protocol, nuisances, disjointness, compact
-weights and real knowledge."""
+"""objects10 and the tiny-objects family: captions, protocol, nuisances, compact weights and real
+knowledge (what every world promises: test_worlds.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from helpers import images_digest, row_hashes
 from safetensors import safe_open
 from scipy.stats import chi2
 
-from kalahash import objects10  # importing it registers objects10 and objects10-multi
 from kalahash.backbones import (
     BUILTIN_WEIGHTS,
     COMPACT_IDS,
@@ -24,26 +22,18 @@ from kalahash.backbones import (
     CompactTokenEmbedding,
     load_backbone,
 )
-from kalahash.data import load_dataset
-from kalahash.objects10 import CLASSNAMES, caption_pool, caption_words, make_retrieval_data
-from kalahash.pretrain import (
+from kalahash.prompts import CLASS_PROMPT
+from kalahash.worlds import objects10  # importing it registers objects10 and objects10-multi
+from kalahash.worlds.evaluation import chance_level, knowledge_stats, zero_shot_accuracy
+from kalahash.worlds.objects10 import CLASSNAMES, caption_pool, caption_words, make_retrieval_data
+from kalahash.worlds.pretrain import (
     _save_fp16_atomic,
     add_pretrain_tiny_arguments,
-    chance_level,
-    knowledge_stats,
     pretrain_tiny,
     vocabulary_ids,
-    zero_shot_accuracy,
 )
 
 FAMILY = ("tiny-objects-s", "tiny-objects-m", "tiny-objects-l")
-# sha256 of caption_pool(16, seed=0): image bytes, then the captions joined by newlines.
-GOLDEN_POOL_SHA256 = "8b6795a2ec92a2989f9986f574454fc1f83037b25a25218c7c5769daa62e51ff"
-# sha256 of each set's query images, query labels and train-pool ids (seed 0).
-GOLDEN_SPLITS_SHA256 = {
-    "objects10": "816ccd4247add618b41c2e37330cc519d42de393f6f5345a549b66f6aff73888",
-    "objects10-multi": "5eb1a5ceec8129f1331ade7054e94fa28959ddd480a4ac19a6914083d2e06066",
-}
 
 
 @pytest.fixture(scope="module")
@@ -54,23 +44,6 @@ def single():
 @pytest.fixture(scope="module")
 def multi():
     return make_retrieval_data("objects10-multi")
-
-
-def test_pool_is_deterministic_golden_and_window_consistent():
-    images, captions = caption_pool(16, seed=0)
-    objects10._cached_pool_block.cache_clear()  # regenerate for real
-    again, captions_again = caption_pool(16, seed=0)
-    assert images is not again and images_digest(images, captions) == images_digest(again, captions_again)
-    assert images_digest(images, captions) == GOLDEN_POOL_SHA256
-    assert not np.array_equal(images, caption_pool(16, seed=1)[0])
-    long, long_captions = caption_pool(1040, seed=0)
-    window, window_captions = caption_pool(30, seed=0, start=1010)  # spans two blocks
-    np.testing.assert_array_equal(window, long[1010:1040])
-    assert window_captions == long_captions[1010:1040]
-    with pytest.raises(ValueError, match="n must be"):
-        caption_pool(-1)
-    with pytest.raises(ValueError, match="seed must be"):
-        caption_pool(4, seed=1.5)
 
 
 def test_captions_name_the_class_in_varied_templates_within_the_vocabulary():
@@ -84,7 +57,7 @@ def test_captions_name_the_class_in_varied_templates_within_the_vocabulary():
         assert any(re.search(rf"\b{c}\b", caption) for c in CLASSNAMES)  # always the class word
         assert set(tokenizer.encode(caption)) <= ids
         assert len(tokenizer.encode(caption)) <= 14  # fits the 16-token context with start and end
-    assert set(tokenizer.encode(objects10.PROMPT.format(" ".join(CLASSNAMES)))) <= ids
+    assert set(tokenizer.encode(CLASS_PROMPT.format(" ".join(CLASSNAMES)))) <= ids
     # with and without nuisances, in every template
     for word in ("red", "striped", "small", "left", "noisy"):
         assert 0.005 < np.mean([word in c.split() for c in captions]) < 0.5
@@ -121,18 +94,6 @@ def test_multi_label_protocol(multi):
     _check_ids(multi, 10_000)
 
 
-def test_retrieval_data_golden_cached_and_registered(single, multi):
-    for data in (single, multi):
-        h = hashlib.sha256(data.query.images.tobytes())
-        h.update(data.query.labels.tobytes())
-        h.update(" ".join(data.train.ids).encode())
-        assert h.hexdigest() == GOLDEN_SPLITS_SHA256[data.name]
-        assert load_dataset(data.name) is data is make_retrieval_data(data.name, seed=0)
-        assert not data.query.images.flags.writeable
-    with pytest.raises(ValueError, match="objects10, objects10-multi"):
-        make_retrieval_data("shapes")
-
-
 def test_nuisances_are_independent_of_the_class():
     classes = np.repeat(np.arange(10), 300)
     _, objs = objects10._render_single(objects10._rng(99, 0), classes)
@@ -160,13 +121,6 @@ def test_colour_of_the_pixels_does_not_reveal_the_class(single):
     assert (predicted == truth_test).mean() < 0.16
 
 
-def test_pretraining_pool_is_disjoint_from_downstream_images(single, multi):
-    pool = row_hashes(caption_pool(4096, seed=0)[0])
-    assert len(pool) == 4096
-    for data in (single, multi):
-        assert pool.isdisjoint(row_hashes(data.query.images) | row_hashes(data.database.images))
-
-
 def test_compact_weights_round_trip(tmp_path):
     torch.manual_seed(0)
     model = open_clip.create_model("tiny-objects-s", pretrained=None)
@@ -181,7 +135,7 @@ def test_compact_weights_round_trip(tmp_path):
         torch.testing.assert_close(f.get_tensor(COMPACT_IDS), ids, rtol=0, atol=0)  # ids stay exact
     loaded = load_backbone("tiny-objects-s", pretrained=path)
     reference = model.half().float().eval()  # what the fp16 file holds
-    texts = tokenizer(caption_pool(64, seed=0)[1] + [objects10.PROMPT.format(c) for c in CLASSNAMES])
+    texts = tokenizer(caption_pool(64, seed=0)[1] + [CLASS_PROMPT.format(c) for c in CLASSNAMES])
     with torch.no_grad():
         torch.testing.assert_close(loaded.model.encode_text(texts), reference.encode_text(texts))
     full = loaded.model.token_embedding.weight

@@ -73,3 +73,17 @@ def test_released_only_on_the_released_backbone():
     assert (
         both == "ours: borrowed from cifar10; released for CLIP ViT-B-32 (openai), used with tiny-objects-m"
     )
+
+
+def test_release_defaults_are_the_hashers_own():
+    """A data set without released values gets the defaults the hasher itself has (kalahash.lora's rank
+    and strength, KIDDO's loss weights), not a copy of them."""
+    from kalahash.hashing import HPARAMS
+    from kalahash.presets import LORA_BASELINE, RELEASE_DEFAULTS
+
+    assert {key: HPARAMS[key] for key in RELEASE_DEFAULTS} == RELEASE_DEFAULTS
+    assert (
+        LORA_BASELINE
+        == {"rank": HPARAMS["rank"], "strength": HPARAMS["strength"]}
+        == {"rank": 8, "strength": 0.5}
+    )

@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 
 from kalahash.experiments import (
+    HPARAM_FIELDS,
     DamagedRowWarning,
     ExperimentConfig,
     append_result,
+    config_hash,
     expand_grid,
     find_result,
     provenance,
@@ -249,3 +251,37 @@ def test_an_append_keeps_a_read_only_tables_mode(tmp_path):
     path.chmod(0o444)
     append_result(_row(ExperimentConfig(seed=1), 0.5), path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o444 and len(read_results(path)) == 2
+
+
+@pytest.mark.parametrize("key,value", [("loss", "csq"), ("knowledge", "permuted")])
+def test_run_fields_inside_hyperparameters_are_refused(key, value, capsys):
+    """loss and knowledge are fields of the run: set inside hyperparameters they would give one run a
+    second config_id, so they are refused where a config is made, in the spelling the user typed."""
+    from kalahash.cli import main
+
+    assert key in HPARAM_FIELDS
+    with pytest.raises(
+        ValueError, match=rf"hyperparameters hold '{key}', which is a field of the run: pass {key}="
+    ):
+        ExperimentConfig(method="kalahash", hyperparameters={key: value})
+    assert main(["run", "--hp", f"{key}={value}", "--epochs", "1", "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        f"kalahash run: error: hyperparameters hold '{key}', which is a field of the run: pass --{key} {value} "
+        "instead (one run, one config_id)"
+    )
+
+
+def test_old_rows_with_run_fields_in_hyperparameters_still_read(tmp_path, recwarn):
+    """A row of an older version that set loss inside hyperparameters is the run its config_id names: it
+    reads intact, and the same run spelt with the field is another config (it runs again)."""
+    path = tmp_path / "results.csv"
+    row = {**ExperimentConfig(method="lb", seed=0).to_row(), "hyperparameters": json.dumps({"loss": "csq"})}
+    old_id = config_hash(row)
+    append_result({"config_id": old_id, **row, "map": 0.25, "map_at": 10, **LOOP}, path)
+    table = read_results(path)
+    assert table["config_id"].tolist() == [old_id] and json.loads(table["hyperparameters"][0]) == {
+        "loss": "csq"
+    }
+    assert not [w for w in recwarn if issubclass(w.category, DamagedRowWarning)]
+    assert find_result(ExperimentConfig(method="lb", seed=0, loss="csq"), path) is None

@@ -12,12 +12,13 @@ from PIL import Image
 
 from kalahash import search as search_module
 from kalahash.backbones import load_backbone
+from kalahash.checkpoints import load_checkpoint, restore_hasher, save_checkpoint
 from kalahash.cli import main
 from kalahash.codestore import load_codes, part_files, read_parts
 from kalahash.data import ImageList, few_shot_split, load_dataset
 from kalahash.hashing import build_hasher
 from kalahash.search import build_index, encode_folder, model_identity, search, write_html
-from kalahash.train import encode, fit, load_checkpoint, restore_hasher, save_checkpoint
+from kalahash.train import encode, fit
 
 N_IMAGES = 30
 

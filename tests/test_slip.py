@@ -17,17 +17,13 @@ from PIL import Image
 from timm.layers import Attention
 
 from kalahash import slip
-from kalahash.backbones import (
-    TimmSplitAttention,
-    available_models,
-    load_backbone,
-    parameter_count,
-    split_timm_attention,
-)
+from kalahash.backbones import available_models, load_backbone, parameter_count
+from kalahash.cache import PrefixCache
 from kalahash.data import ImageList, RetrievalData
 from kalahash.hashing import build_hasher
 from kalahash.lora import apply_adapter
-from kalahash.train import PrefixCache, encode, evaluate, fit
+from kalahash.towers import TimmSplitAttention, split_timm_attention
+from kalahash.train import encode, evaluate, fit
 
 TINY = slip.SlipConfig(
     image_size=32,

@@ -314,7 +314,8 @@ def test_markdown_table_and_bar_panels():
 
 
 def test_a_diverged_arm_is_a_flagged_row_not_a_crash(monkeypatch):
-    import kalahash.studies as studies
+    from kalahash.experiments import runner
+    from kalahash.history import DIVERGED
 
     arms = ablation_grid("components", study_settings("ablations", seeds=[0]))
 
@@ -324,10 +325,10 @@ def test_a_diverged_arm_is_a_flagged_row_not_a_crash(monkeypatch):
         return {"config_id": cfg.config_id, **cfg.to_row(), "map": 0.25, "map_ties_index": 0.25,
                 "map_ties_average": 0.25, "flags": ""}  # fmt: skip
 
-    monkeypatch.setattr(studies, "run_experiment", run)
+    monkeypatch.setattr(runner, "run_experiment", run)
     rows = run_arms(arms)
-    diverged = rows[rows["flags"] == studies.DIVERGED]
+    diverged = rows[rows["flags"] == DIVERGED]
     assert len(diverged) == (rows["method"] == "kalahash").sum() > 0
     assert diverged["map"].isna().all() and diverged["error"].str.contains("epoch 89").all()
     table = tie_table(rows)
-    assert table.loc[table["variant"].isin(diverged["variant"]), "flags"].str.contains(studies.DIVERGED).all()
+    assert table.loc[table["variant"].isin(diverged["variant"]), "flags"].str.contains(DIVERGED).all()

@@ -4,11 +4,12 @@ import torch
 from helpers import fresh_tiny
 
 from kalahash.backbones import load_backbone
+from kalahash.cache import PrefixCache, images_fingerprint
+from kalahash.checkpoints import load_checkpoint, restore_hasher, save_checkpoint
 from kalahash.data import ImageList, RetrievalData
 from kalahash.hashing import build_hasher
 from kalahash.metrics import mean_average_precision
 from kalahash.train import (
-    PrefixCache,
     TrainConfig,
     TrainResult,
     batch_source,
@@ -18,12 +19,8 @@ from kalahash.train import (
     evaluate,
     finish_epoch,
     fit,
-    images_fingerprint,
-    load_checkpoint,
     make_optimizer,
-    restore_hasher,
     restore_training_state,
-    save_checkpoint,
     save_training_state,
     train_epoch,
 )

@@ -4,7 +4,7 @@ Each command parses its options, calls one function and prints: ``demo`` → ``r
 ``run_experiment``, ``sweep`` → ``run_sweep``, ``eval`` → ``evaluate_checkpoint``, ``export`` →
 ``export_checkpoint``, ``convert-checkpoint`` → ``convert_checkpoint``, ``check-data`` →
 ``check_dataset`` (all in ``kalahash.experiments``),
-``pretrain-tiny`` → ``kalahash.pretrain.pretrain_tiny``, ``reproduce`` → ``kalahash.reproduce.reproduce``;
+``pretrain-tiny`` → ``kalahash.worlds.pretrain.pretrain_tiny``, ``reproduce`` → ``kalahash.reproduce.reproduce``;
 ``encode`` → ``encode_folder``, ``index`` → ``build_index``, ``search`` → ``search`` (in ``kalahash.search``).
 
 A user error (a ``ValueError`` or ``OSError`` of the Python twin) prints one line ``kalahash <command>:
@@ -13,8 +13,9 @@ in the CLI's spelling (messages write ``results= (CLI: --results)`` and the CLI 
 :func:`~kalahash.cli.main.for_cli`). Ctrl-C prints what was kept and how to go on, exit 130. Heavy
 imports (torch, open_clip, pandas) happen inside the commands, so ``--help`` answers at once.
 
-Modules: ``options`` (options shared by commands), ``commands`` (runs and notebooks), ``search`` (own
-images), ``main`` (the parser). ``python -m kalahash.cli`` runs it too (as torchrun needs).
+Modules: ``options`` (options shared by commands), ``commands`` (runs and notebooks), ``own_images``
+(``encode``, ``index``, ``search``: your own images), ``launch`` (the launcher options, ``collect``),
+``cache_size``, ``main`` (the parser). ``python -m kalahash.cli`` runs it too (as torchrun needs).
 """
 
 from .main import build_parser, main

@@ -12,7 +12,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from .launch import checked_launcher, launched_sweep
-from .options import base_config, cache_folder, list_options, print_table, run_kwargs, warn_flags
+from .options import (
+    base_config,
+    cache_folder,
+    list_options,
+    print_diverged,
+    print_table,
+    run_kwargs,
+    warn_flags,
+)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -74,6 +82,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if launcher is not None:
         return launched_sweep(launcher, expand_grid(base, grid), run_kwargs(args))
     rows = run_sweep(base, grid, **run_kwargs(args))
+    print_diverged(rows)
     print_table(summarize(rows))
     warn_flags(rows)
     print(f"results table: {args.results}")
@@ -155,7 +164,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain_tiny(args: argparse.Namespace) -> int:
-    from ..pretrain import pretrain_tiny
+    from ..worlds.pretrain import pretrain_tiny
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
     info = pretrain_tiny(**options)

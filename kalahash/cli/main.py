@@ -12,6 +12,8 @@ from typing import Any
 from .. import __version__
 from ..experiments.config import DEFAULT_BACKBONE, DEFAULT_DATASET, DEFAULT_FIGURES
 from ..experiments.notebook import PROFILES
+from ..extras import MissingExtraError
+from ..worlds import WORLDS, family_text
 from . import commands
 from .cache_size import add_cache_size_command
 from .launch import add_collect_command, add_launcher_args, interrupted_sweep
@@ -23,7 +25,7 @@ from .options import (
     add_scoring_args,
     add_setting_args,
 )
-from .search import add_search_commands
+from .own_images import add_search_commands
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_pretrain_tiny_arguments(p: argparse.ArgumentParser) -> None:
-    from ..pretrain import add_pretrain_tiny_arguments
+    from ..worlds.pretrain import add_pretrain_tiny_arguments
 
     add_pretrain_tiny_arguments(p)
 
@@ -66,12 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset",
         default=DEFAULT_DATASET,
-        help="a built-in world: objects10, shapes (default: %(default)s)",
+        help=f"a built-in world: {', '.join(WORLDS)} (default: %(default)s)",
     )
     p.add_argument(
         "--backbone",
         default=DEFAULT_BACKBONE,
-        help="a built-in CLIP: tiny-objects-s/m/l (objects10), tiny-shapes (shapes) (default: %(default)s)",
+        help="a built-in CLIP: "
+        + ", ".join(f"{family_text(spec.backbones)} ({name})" for name, spec in WORLDS.items())
+        + " (default: %(default)s)",
     )
     add_run_shape_args(p)
     p.add_argument("--force", action="store_true", help="rerun even if the results table has these runs")
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = one_line  # no source line under a warning
     try:
         return args.func(args)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, MissingExtraError) as err:
         print(f"kalahash {args.command}: error: {for_cli(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

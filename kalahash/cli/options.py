@@ -11,8 +11,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..experiments.config import DEFAULT_CACHE, LIST_OPTIONS, METHODS, ExperimentConfig, check_code_length
-from ..presets import KNOWLEDGE_MODES
+from ..hashing.methods import KNOWLEDGE_MODES
+from ..metrics import TIES
 from ..results_table import DEFAULT_RESULTS
+from ..worlds import WORLDS, family_text, world_datasets
 
 # The defaults of a run, read from ExperimentConfig's fields (building one would import torch).
 _DEFAULTS = SimpleNamespace(**{f.name: f.default for f in fields(ExperimentConfig)})
@@ -63,8 +65,7 @@ def add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
     p.add_argument(
         "--dataset",
         default=_DEFAULTS.dataset,
-        help="data set name: objects10, objects10-multi, shapes, shapes-multi (built-in offline worlds), "
-        "cifar10, nuswide, coco, "
+        help=f"data set name: {', '.join(world_datasets())} (built-in offline worlds), cifar10, nuswide, coco, "
         "folder, listfile (default: %(default)s)",
     )
     p.add_argument(
@@ -104,8 +105,9 @@ def add_setting_args(p: argparse.ArgumentParser, many: bool) -> None:
     p.add_argument(
         "--backbone",
         default=_DEFAULTS.backbone,
-        help="open_clip model name (ViT-B-32, ...), SLIP-ViT-S-16, or a built-in CLIP: tiny-shapes, "
-        "tiny-objects-s/m/l (default: %(default)s)",
+        help="open_clip model name (ViT-B-32, ...), SLIP-ViT-S-16, or a built-in CLIP: "
+        + ", ".join(family_text(spec.backbones) for spec in WORLDS.values())
+        + " (default: %(default)s)",
     )
     p.add_argument(
         "--pretrained",
@@ -168,7 +170,7 @@ def add_scoring_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ties",
         default="index",
-        choices=("index", "average"),
+        choices=TIES,
         help="tie rule of mAP: database index order, or the exact average over tie orders (default: "
         "%(default)s)",
     )
@@ -297,6 +299,18 @@ def warn_flags(rows: Any) -> None:
 
     for line in flag_warnings(rows):
         print(line, file=sys.stderr)
+
+
+def print_diverged(rows: Any) -> None:
+    """A line for each run of a list whose training loss became non-finite: the list went on without it
+    (its row is flagged, with no mAP, and not stored: the same command runs it again)."""
+    from ..history import DIVERGED
+
+    if "error" not in rows:
+        return
+    for row in rows[rows["flags"] == DIVERGED].to_dict("records"):
+        what = ", ".join(f"{k} {row[k]}" for k in ("method", "knowledge", "shots", "bits", "seed"))
+        print(f"diverged: {what}: {row['error']}; its row is flagged {DIVERGED} (no mAP) and not stored")
 
 
 def print_table(table: Any) -> None:

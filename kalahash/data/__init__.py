@@ -10,7 +10,7 @@ under a short name; :func:`load_dataset` is the only entry point notebooks and t
 What lives where:
 
 - ``types``: :class:`ImageList`, :class:`RetrievalData`, ``SPLITS``;
-- ``registry``: :func:`register_dataset`, :func:`register_world`, :func:`load_dataset`, name and option checks;
+- ``registry``: :func:`register_dataset`, :func:`load_dataset`, name and option checks;
 - ``protocol``: few-shot training sets (:class:`FewShotSet`; classes the pool cannot fill raise a
   :class:`ShortShotsWarning`, or an error with ``strict=True``) and the plain-text split files;
 - ``cifar10``, ``listfiles`` (``nuswide``, ``coco``, ``listfile``), ``folder``: the loaders;
@@ -19,8 +19,8 @@ What lives where:
   :func:`file_stamp` (one file's size and time, or its error; the prefix cache keys on it too);
 - ``_util``: small checks and message pieces the loaders and the protocol share.
 
-The offline worlds ``shapes`` / ``shapes-multi`` are registered by :mod:`kalahash.world` itself
-(``kalahash/__init__`` imports it). This package imports nothing of kalahash but ``kalahash.fileio``:
+The offline worlds (``objects10``, ``shapes`` and their multi-label sets) are registered by
+:mod:`kalahash.worlds` itself (``kalahash/__init__`` imports it). This package imports nothing of kalahash but ``kalahash.fileio``:
 never a world, the backbones, adapters, hashing, training, experiments or the CLI.
 ``data/README.md`` says where each data set goes.
 """
@@ -59,7 +59,6 @@ from .registry import (
     default_data_root,
     load_dataset,
     register_dataset,
-    register_world,
     resolve_dataset_name,
 )
 from .types import IMAGE_FORMATS, SPLITS, ImageList, RetrievalData, Transform, open_image
@@ -105,7 +104,6 @@ __all__ = [
     "read_classnames",
     "read_list_file",
     "register_dataset",
-    "register_world",
     "resolve_dataset_name",
     "save_split",
     "split_path",

@@ -21,6 +21,8 @@ from .types import IMAGE_FORMATS, SPLITS, RetrievalData, open_image
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .types import ImageList
+
 
 def data_fingerprint(data: RetrievalData) -> str:
     """sha256 over the class names and, per split (query, train, database), the ids and label rows.
@@ -130,44 +132,81 @@ def check_data(
     full_decode: bool = False,
     workers: int = 8,
 ) -> DataCheck:
-    """Check a retrieval data set before training on it.
+    """Check a retrieval data set before training on it, in named phases:
 
-    - every listed file exists and opens (PIL ``verify``, or a full decode with ``full_decode=True``);
-      in-memory images are present by construction;
-    - counts per split and class (``counts``: split x class DataFrame);
-    - ids repeated within a split, and overlaps between splits by id and, with ``content_hash``, by
-      content: decoded pixels for in-memory images, file bytes (blake2b) for files, so a re-encoded copy
-      is not caught. The protocol allows the train pool inside the database (database = all but query);
-      the query must overlap neither;
-    - the same id with different labels in two splits, classes absent from the train pool.
+    - :func:`_split_lists`: no split is empty, no id is listed twice in a split, images without a label;
+    - :func:`_id_overlaps`: the query overlaps neither the train pool nor the database by id (the protocol
+      allows the train pool inside the database: database = all but query); the same id with different
+      labels in two splits;
+    - :func:`_readable_files`: every listed file exists and opens (PIL ``verify``, or a full decode with
+      ``full_decode=True``); in-memory images are present by construction;
+    - :func:`_content_overlaps` (with ``content_hash``): the same overlaps by content, decoded pixels for
+      in-memory images, file bytes (blake2b) for files, so a re-encoded copy is not caught; duplicates
+      within a split;
+    - :func:`_class_counts`: counts per split and class (``counts``: split x class DataFrame), classes
+      absent from the train pool.
 
     ``fingerprint`` (:func:`data_fingerprint`) identifies the splits' ids and labels.
     """
-    import pandas as pd
-
-    problems: list[str] = []
-    notes: list[str] = []
     splits = data.splits()
+    found = _Findings()
+    _split_lists(splits, found)
+    _id_overlaps(splits, found)
+    file_digests = _readable_files(
+        data.name, splits, found, full_decode=full_decode, workers=workers, progress=progress
+    )
+    kinds, content_fp = _content_overlaps(splits, file_digests, found) if content_hash else (set(), None)
+    counts = _class_counts(data, found)
+    return DataCheck(
+        name=data.name,
+        ok=not found.problems,
+        problems=found.problems,
+        counts=counts,
+        fingerprint=data_fingerprint(data),
+        sizes={s: len(images) for s, images in splits.items()},
+        notes=found.notes,
+        content_hash=" + ".join(sorted(kinds)) if content_hash else None,
+        content_fingerprint=content_fp,
+    )
 
+
+@dataclass
+class _Findings:
+    """What the phases of :func:`check_data` found, in the order they found it."""
+
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+Splits = dict[str, "ImageList"]
+
+
+def _split_lists(splits: Splits, found: _Findings) -> None:
+    """Each split on its own: not empty, no id listed twice, images without a label (a note)."""
     for split, images in splits.items():
         if len(images) == 0:
-            problems.append(f"{split} is empty")
+            found.problems.append(f"{split} is empty")
         repeated = [i for i, n in Counter(images.ids).items() if n > 1]
         if repeated:
-            problems.append(f"{len(repeated)} ids listed more than once in {split}: {examples(repeated)}")
+            found.problems.append(
+                f"{len(repeated)} ids listed more than once in {split}: {examples(repeated)}"
+            )
         unlabeled = int((images.labels.sum(1) == 0).sum())
         if unlabeled:
-            notes.append(f"{unlabeled} {split} images have no label")
+            found.notes.append(f"{unlabeled} {split} images have no label")
 
-    # Overlaps by id (notes: Protocol: database = all but query; train pool may sit inside it)
+
+def _id_overlaps(splits: Splits, found: _Findings) -> None:
+    """Overlaps by id (notes: Protocol: database = all but query; the train pool may sit inside it) and
+    ids whose labels differ between splits."""
     id_sets = {s: set(images.ids) for s, images in splits.items()}
     for other in ("train", "database"):
         both = sorted(id_sets["query"] & id_sets[other])
         if both:
-            problems.append(f"{len(both)} query images are also in {other} (same id): {examples(both)}")
+            found.problems.append(f"{len(both)} query images are also in {other} (same id): {examples(both)}")
     outside = len(id_sets["train"] - id_sets["database"])
     if outside:
-        notes.append(f"{outside} train-pool images are not in the database (allowed)")
+        found.notes.append(f"{outside} train-pool images are not in the database (allowed)")
     conflicts = []
     for a, b in (("query", "train"), ("query", "database"), ("train", "database")):
         position = {i: n for n, i in enumerate(splits[b].ids)}
@@ -177,85 +216,103 @@ def check_data(
             differ = (splits[a].labels[ia] != splits[b].labels[ib]).any(1)
             conflicts += [f"{splits[a].ids[n]} ({a} vs {b})" for n in ia[differ]]
     if conflicts:
-        problems.append(
+        found.problems.append(
             f"{len(conflicts)} ids have different labels in different splits: {examples(conflicts)}"
         )
 
-    # Files: exist, open, hash bytes (each distinct file once; database usually contains the train pool)
-    hashes: dict[str, list[str | None]] = {}
-    file_paths = sorted({str(p) for images in splits.values() if not images.in_memory for p in images.images})
-    file_results: dict[str, tuple[str | None, str | None]] = {}
-    if file_paths:
-        from tqdm import tqdm
 
-        bar = tqdm(
-            total=len(file_paths),
-            desc=f"check {data.name}",
-            unit="file",
-            disable=not progress or len(file_paths) < 500,
-        )
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for path, result in zip(
-                file_paths, pool.map(lambda p: _check_file(p, full_decode), file_paths), strict=True
-            ):
-                file_results[path] = result
-                bar.update()
-        bar.close()
-        for what in ("missing", "unreadable", "not a readable image"):
-            bad = [p for p, (_, err) in file_results.items() if err is not None and err.startswith(what)]
-            if bad:
-                detail = file_results[bad[0]][1]
-                problems.append(f"{len(bad)} files {what}: {examples(bad)} (first, {bad[0]}: {detail})")
+def _readable_files(
+    name: str, splits: Splits, found: _Findings, *, full_decode: bool, workers: int, progress: bool
+) -> dict[str, tuple[str | None, str | None]]:
+    """Every listed file exists, reads and opens; each distinct file once (the database usually holds the
+    train pool), on ``workers`` threads. Returns path -> (blake2b of its bytes or None, what is wrong)."""
+    file_paths = sorted({str(p) for images in splits.values() if not images.in_memory for p in images.images})
+    results: dict[str, tuple[str | None, str | None]] = {}
+    if not file_paths:
+        return results
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=len(file_paths),
+        desc=f"check {name}",
+        unit="file",
+        disable=not progress or len(file_paths) < 500,
+    )
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for path, result in zip(
+            file_paths, pool.map(lambda p: _check_file(p, full_decode), file_paths), strict=True
+        ):
+            results[path] = result
+            bar.update()
+    bar.close()
+    for what in ("missing", "unreadable", "not a readable image"):
+        bad = [p for p, (_, err) in results.items() if err is not None and err.startswith(what)]
+        if bad:
+            detail = results[bad[0]][1]
+            found.problems.append(f"{len(bad)} files {what}: {examples(bad)} (first, {bad[0]}: {detail})")
+    return results
+
+
+def _content_overlaps(
+    splits: Splits, file_digests: dict[str, tuple[str | None, str | None]], found: _Findings
+) -> tuple[set[str], str]:
+    """Query images whose content (pixels in memory, file bytes on disk) is in the train pool or the
+    database under another id, and duplicates within a split (a note). Returns what was compared and
+    the content fingerprint (sha256 over every split's digests)."""
+    hashes: dict[str, list[str | None]] = {}
     kinds = set()
     for split, images in splits.items():
-        if not content_hash:
-            break
         if images.in_memory:
             kinds.add("pixels (decoded uint8 arrays, blake2b)")
             rows = np.ascontiguousarray(images.images)
             hashes[split] = [hashlib.blake2b(r.tobytes(), digest_size=16).hexdigest() for r in rows]
         else:
             kinds.add("file bytes (blake2b)")
-            hashes[split] = [file_results[str(p)][0] for p in images.images]
-    content_fp = None
-    if content_hash:
-        if len(kinds) > 1:
-            notes.append("splits mix in-memory and file images: content compared within each kind only")
-        query_by_hash: dict[str, list[str]] = {}
-        for i, d in zip(splits["query"].ids, hashes.get("query", []), strict=False):
-            if d is not None:
-                query_by_hash.setdefault(d, []).append(i)
-        for other in ("train", "database"):
-            pairs = [
-                f"{qid} = {oid}"
-                for oid, d in zip(splits[other].ids, hashes.get(other, []), strict=False)
-                if d in query_by_hash
-                for qid in query_by_hash[d]
-                if qid != oid
-            ]
-            if pairs:
-                problems.append(
-                    f"{len(pairs)} query images have identical content in {other} under another id: "
-                    f"{examples(sorted(pairs))}"
-                )
-        for split, digests in hashes.items():
-            ids_by_hash: dict[str, set[str]] = {}
-            for d, n in Counter(d for d in digests if d is not None).items():
-                if n > 1:
-                    ids_by_hash[d] = set()
-            for i, d in zip(splits[split].ids, digests, strict=True):
-                if d in ids_by_hash:
-                    ids_by_hash[d].add(i)
-            groups = [sorted(g) for g in ids_by_hash.values() if len(g) > 1]
-            if groups:
-                extra = sum(len(g) - 1 for g in groups)
-                example = " = ".join(groups[0][:3])
-                notes.append(f"{split} holds {extra} content duplicates under other ids, e.g. {example}")
-        h = hashlib.sha256()
-        for split in SPLITS:
-            h.update(("\n".join(d or "-" for d in hashes.get(split, [])) + "\n").encode())
-        content_fp = h.hexdigest()
+            hashes[split] = [file_digests[str(p)][0] for p in images.images]
+    if len(kinds) > 1:
+        found.notes.append("splits mix in-memory and file images: content compared within each kind only")
+    query_by_hash: dict[str, list[str]] = {}
+    for i, d in zip(splits["query"].ids, hashes.get("query", []), strict=False):
+        if d is not None:
+            query_by_hash.setdefault(d, []).append(i)
+    for other in ("train", "database"):
+        pairs = [
+            f"{qid} = {oid}"
+            for oid, d in zip(splits[other].ids, hashes.get(other, []), strict=False)
+            if d in query_by_hash
+            for qid in query_by_hash[d]
+            if qid != oid
+        ]
+        if pairs:
+            found.problems.append(
+                f"{len(pairs)} query images have identical content in {other} under another id: "
+                f"{examples(sorted(pairs))}"
+            )
+    for split, digests in hashes.items():
+        ids_by_hash: dict[str, set[str]] = {}
+        for d, n in Counter(d for d in digests if d is not None).items():
+            if n > 1:
+                ids_by_hash[d] = set()
+        for i, d in zip(splits[split].ids, digests, strict=True):
+            if d in ids_by_hash:
+                ids_by_hash[d].add(i)
+        groups = [sorted(g) for g in ids_by_hash.values() if len(g) > 1]
+        if groups:
+            extra = sum(len(g) - 1 for g in groups)
+            example = " = ".join(groups[0][:3])
+            found.notes.append(f"{split} holds {extra} content duplicates under other ids, e.g. {example}")
+    h = hashlib.sha256()
+    for split in SPLITS:
+        h.update(("\n".join(d or "-" for d in hashes.get(split, [])) + "\n").encode())
+    return kinds, h.hexdigest()
 
+
+def _class_counts(data: RetrievalData, found: _Findings) -> pd.DataFrame:
+    """Images per split and class; a class without a train-pool image is a problem (no few-shot split),
+    without a query or database image a note."""
+    import pandas as pd
+
+    splits = data.splits()
     counts = pd.DataFrame(
         np.stack([images.labels.sum(0) for images in splits.values()]).astype(np.int64),
         index=pd.Index(list(SPLITS), name="split"),
@@ -263,20 +320,11 @@ def check_data(
     )
     absent = [c for c, n in counts.loc["train"].items() if n == 0]
     if absent:
-        problems.append(f"classes with no train-pool image (no few-shot split possible): {examples(absent)}")
+        found.problems.append(
+            f"classes with no train-pool image (no few-shot split possible): {examples(absent)}"
+        )
     for split in ("query", "database"):
         absent = [c for c, n in counts.loc[split].items() if n == 0]
         if absent:
-            notes.append(f"classes with no {split} image: {examples(absent)}")
-
-    return DataCheck(
-        name=data.name,
-        ok=not problems,
-        problems=problems,
-        counts=counts,
-        fingerprint=data_fingerprint(data),
-        sizes={s: len(images) for s, images in splits.items()},
-        notes=notes,
-        content_hash=" + ".join(sorted(kinds)) if content_hash else None,
-        content_fingerprint=content_fp,
-    )
+            found.notes.append(f"classes with no {split} image: {examples(absent)}")
+    return counts

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..fileio import atomic_path
 from ._util import check_count
-from .protocol import protocol_split
+from .protocol import saved_protocol_split
 from .registry import default_data_root, register_dataset
 from .types import ImageList, RetrievalData
 
@@ -225,7 +225,7 @@ def load_cifar10(
     onehot = np.eye(10, dtype=np.uint8)[y]
 
     split_dir = Path(split_dir) if split_dir is not None else root / "splits"
-    q, t, files = protocol_split(
+    q, t, files = saved_protocol_split(
         "cifar10",
         ids,
         y,

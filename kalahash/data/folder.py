@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ._util import check_count
-from .protocol import protocol_split
+from .protocol import saved_protocol_split
 from .registry import register_dataset
 from .types import ImageList, RetrievalData
 
@@ -67,7 +67,7 @@ def load_folder(
         ids.extend(f"{d.name}/{f.name}" for f in members)
         y.extend([c] * len(members))
     y_arr = np.asarray(y, dtype=np.int64)
-    q, t, split_files = protocol_split(
+    q, t, split_files = saved_protocol_split(
         name,
         ids,
         y_arr,

@@ -2,7 +2,9 @@
 
 Split files are plain text: ``# key: value`` header lines, then one image id a line, so that every
 method (and every person) sees the same images. :func:`few_shot_split` draws and keeps the k-shot
-training set; :func:`protocol_split` is the query / train pool split that cifar10 and folder share.
+training set; :func:`saved_protocol_split` is the query / train pool split that cifar10 and folder share,
+kept in split files (the offline worlds draw theirs from their own streams:
+``kalahash.worlds.toolkit.draw_protocol_split``).
 """
 
 from __future__ import annotations
@@ -328,7 +330,7 @@ def _derive_protocol_split(
     return np.sort(np.concatenate(query)), np.sort(np.concatenate(train))
 
 
-def protocol_split(
+def saved_protocol_split(
     dataset: str,
     ids: Sequence[str],
     y: np.ndarray,

@@ -2,17 +2,21 @@
 
 What lives here (import the names from ``kalahash.experiments``; the modules are how it is laid out):
 
-- ``config``: :class:`ExperimentConfig` (one run), :func:`config_hash` (its ``config_id``), ``METHODS``,
-  ``LIST_OPTIONS`` (the list files of data set ``listfile``) and the defaults of a run
+- ``config``: :class:`ExperimentConfig` (one run), :func:`config_hash` (its ``config_id``), ``METHODS`` (the
+  registry's names), ``HPARAM_FIELDS``, ``LIST_OPTIONS`` (the list files of data set ``listfile``) and the
+  defaults of a run
   (``DEFAULT_DATASET``, ``DEFAULT_BACKBONE``, ``DEFAULT_CACHE``);
 - ``results``: the results table of runs, rows checked against their config (:func:`read_results`,
   :func:`append_result`, :func:`find_result`);
-- ``runner``: :func:`run_experiment`, :func:`expand_grid`, :func:`run_sweep`, :func:`summarize`,
-  :func:`run_demo`, and :func:`checked_data` (a data set's remembered integrity check);
-- ``checkpoint_ops``: the Python twins of ``kalahash eval``, ``export`` and ``check-data``
-  (:func:`evaluate_checkpoint`, :func:`export_checkpoint`, :func:`check_dataset`); from
-  ``kalahash.checkpoints``, :func:`convert_checkpoint` (``kalahash convert-checkpoint``) and
-  :func:`load_exported`;
+- ``runner``: :func:`run_experiment` (made of :func:`~kalahash.experiments.runner.load_run_data`,
+  :func:`~kalahash.experiments.runner.check_run_data` and :func:`~kalahash.experiments.runner.build_run`,
+  then training and scoring), :func:`run_configs` (a list of runs; one that diverged is a flagged row:
+  :func:`run_or_flag`, :func:`diverged_row`), :func:`expand_grid`, :func:`run_sweep`, :func:`summarize`, :func:`run_demo`;
+- ``data_checks``: a data set's integrity check, afresh (:func:`check_dataset`, the twin of ``kalahash
+  check-data``) or remembered while its files stay the same (:func:`checked_data`, what runs use);
+- ``checkpoint_ops``: the Python twins of ``kalahash eval`` and ``export`` (:func:`evaluate_checkpoint`,
+  :func:`export_checkpoint`); from ``kalahash.checkpoints``, :func:`convert_checkpoint` (``kalahash
+  convert-checkpoint``) and :func:`load_exported`;
 - ``launch``: runs as submitit jobs, locally or on Slurm (:class:`Launcher`, :func:`launch_runs`,
   :func:`launched_rows`); ``runfiles``: one result file per launched run, the job that writes it
   (:class:`RunJob`) and their merge into the table (:func:`collect_runs`);
@@ -43,23 +47,19 @@ _HOMES: dict[str, tuple[str, ...]] = {
     ),
     "..machine": ("provenance",),
     "..results_table": ("DEFAULT_RESULTS", "DamagedRowWarning", "RowNotWrittenWarning"),
-    ".checkpoint_ops": (
-        "ExportedModel",
-        "UnnamedDatasetError",
-        "check_dataset",
-        "evaluate_checkpoint",
-        "export_checkpoint",
-    ),
+    ".checkpoint_ops": ("ExportedModel", "UnnamedDatasetError", "evaluate_checkpoint", "export_checkpoint"),
     ".config": (
         "DEFAULT_BACKBONE",
         "DEFAULT_CACHE",
         "DEFAULT_DATASET",
         "DEFAULT_FIGURES",
+        "HPARAM_FIELDS",
         "LIST_OPTIONS",
         "METHODS",
         "ExperimentConfig",
         "config_hash",
     ),
+    ".data_checks": ("check_dataset", "checked_data"),
     ".launch": (
         "LAUNCHERS",
         "LaunchError",
@@ -72,15 +72,17 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "launcher_setting",
         "require_launcher",
     ),
-    ".notebook": ("PROFILES", "WORLDS", "list_setting", "notebook_settings", "project_paths"),
+    ".notebook": ("PROFILES", "list_setting", "notebook_settings", "project_paths"),
     ".results": ("StaleRowWarning", "append_result", "find_result", "read_results"),
-    ".runfiles": ("Collected", "FailedRun", "RunJob", "collect_runs", "diverged_row", "run_paths"),
+    ".runfiles": ("Collected", "FailedRun", "RunJob", "collect_runs", "run_paths"),
     ".runner": (
         "DEMO_METHODS",
-        "checked_data",
+        "diverged_row",
         "expand_grid",
+        "run_configs",
         "run_demo",
         "run_experiment",
+        "run_or_flag",
         "run_sweep",
         "summarize",
     ),

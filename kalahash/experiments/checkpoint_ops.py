@@ -1,5 +1,5 @@
-"""Checkpoints and data checks from Python: the twins of ``kalahash eval`` (:func:`evaluate_checkpoint`),
-``kalahash export`` (:func:`export_checkpoint`) and ``kalahash check-data`` (:func:`check_dataset`)."""
+"""Checkpoints from Python: the twins of ``kalahash eval`` (:func:`evaluate_checkpoint`) and ``kalahash
+export`` (:func:`export_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..checkpoints import check_same_data, data_identity, export_model, hasher_from_checkpoint
+from ..checkpoints import (
+    check_same_data,
+    data_identity,
+    export_model,
+    hasher_from_checkpoint,
+    load_checkpoint,
+)
 from ..loader import LoaderOptions
 from ..machine import resolve_device
-from ..train import evaluate, load_checkpoint
+from ..train import evaluate
 from .config import LIST_OPTIONS
 
 if TYPE_CHECKING:
-    from ..data import DataCheck
+    pass
 
 
 class UnnamedDatasetError(ValueError):
@@ -90,24 +96,3 @@ def export_checkpoint(
     payload = load_checkpoint(path)
     out = export_model(hasher_from_checkpoint(payload, pretrained, None), out)
     return ExportedModel(out, payload["method"])
-
-
-def check_dataset(
-    name: str,
-    data_root: str | os.PathLike | None = None,
-    *,
-    split_seed: int = 0,
-    download: bool = False,
-    progress: bool = True,
-    **options: Any,
-) -> DataCheck:
-    """Check a data set afresh: files, splits, duplicates, overlaps (CLI: ``kalahash check-data``).
-
-    ``download`` fetches a missing data set where a download exists (cifar10); ``options`` go to the
-    loader (the list files of ``listfile``). Unlike :func:`checked_data`, which runs remember, nothing
-    is stored or reused.
-    """
-    from ..data import check_data, load_dataset
-
-    data = load_dataset(name, data_root, seed=split_seed, download=download, **options)
-    return check_data(data, progress=progress)

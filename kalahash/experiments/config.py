@@ -10,13 +10,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..presets import LORA_BASELINE, setting_hparams
+from ..hashing.methods import METHODS as _METHOD_REGISTRY
+from ..hashing.methods import check_knowledge_control
+from ..metrics import TIES
+from ..worlds import WORLDS
 
-METHODS = ("lb", "fft", "lora", "clora", "kalahash", "zeroshot")
+# The names of the methods a run may take: those of the registry (kalahash.hashing.methods).
+METHODS = tuple(_METHOD_REGISTRY)
 # The default world of a run, the demo, the CLI and the notebooks' smoke profile: the offline world built
-# after CIFAR-10 and the 12-block CLIP pre-trained on its captions (README: The offline world).
+# after CIFAR-10, and the backbone its spec names (the 12-block CLIP pre-trained on its captions; README:
+# The offline world).
 DEFAULT_DATASET = "objects10"
-DEFAULT_BACKBONE = "tiny-objects-m"
+DEFAULT_BACKBONE = WORLDS[DEFAULT_DATASET].default_backbone
 # Where runs keep the frozen-prefix token cache (kalahash.cache), relative to the working directory.
 DEFAULT_CACHE = Path("cache/prefix")
 # Where the demo and the notebooks write figures and tables unless told otherwise: beside the results
@@ -34,6 +39,9 @@ _METHOD_KEYS = {
 }
 # The list files of dataset "listfile"; unset (None), they are left out of config_id.
 LIST_OPTIONS = ("train_list", "query_list", "database_list", "classnames")
+# Fields a run sets as fields only, never inside ``hyperparameters``: one run, one config_id. (Rows of
+# older versions that held them in hyperparameters still read: their config_id is that of what they record.)
+HPARAM_FIELDS = ("loss", "knowledge")
 # Fields added after results tables existed: at their default they are left out of config_id, so the
 # ids of stored rows stay valid.
 _LATER_FIELDS: dict[str, Any] = {"knowledge": "true", **dict.fromkeys(LIST_OPTIONS)}
@@ -57,13 +65,25 @@ def config_hash(row: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _refuse_hparam_fields(hyperparameters: Mapping[str, Any]) -> None:
+    """A field of the run given inside ``hyperparameters`` would make a second config_id for one run."""
+    for key in HPARAM_FIELDS:
+        if key in hyperparameters:
+            value = hyperparameters[key]
+            raise ValueError(
+                f"hyperparameters hold {key!r}, which is a field of the run: pass {key}={value!r} (CLI: --{key} "
+                f"{value}) instead (one run, one config_id)"
+            )
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """One run: data set and shots, code length, method and loss, backbone, seed and training length.
 
     ``seed`` draws the few-shot sample and seeds training; the query/database split of a data set is
     fixed (``split_seed``) so every method and seed is scored on the same images. ``hyperparameters``
-    override the preset of the setting (``kalahash.presets``). Dataset ``listfile`` (your own lists)
+    override the preset of the setting (``kalahash.presets``); ``loss`` and ``knowledge`` are fields, and
+    refused there (:data:`HPARAM_FIELDS`). Dataset ``listfile`` (your own lists)
     needs ``train_list``, ``query_list``, ``database_list`` and ``classnames`` (a file, one name a
     line), relative to ``data_root`` or absolute. ``knowledge`` is the control of K for the methods that
     read it (``"true"``, ``"permuted"``, ``"random"``; :func:`kalahash.hashing.control_knowledge`),
@@ -102,15 +122,15 @@ class ExperimentConfig:
         check_code_length(self.bits)
         from ..data import resolve_dataset_name
         from ..hashing import LOSSES
-        from ..hashing.factory import check_knowledge_control
 
         # canonical name (aliases such as nus-wide accepted); unknown names fail here, before anything runs
         object.__setattr__(self, "dataset", resolve_dataset_name(self.dataset))
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(sorted(LOSSES))}")
-        if self.ties not in ("index", "average"):
-            raise ValueError(f"ties must be 'index' or 'average', got {self.ties!r}")
+        if self.ties not in TIES:
+            raise ValueError(f"ties must be {' or '.join(map(repr, TIES))}, got {self.ties!r}")
         object.__setattr__(self, "hyperparameters", dict(self.hyperparameters))
+        _refuse_hparam_fields(self.hyperparameters)
         given = [name for name in LIST_OPTIONS if getattr(self, name) is not None]
         if self.dataset == "listfile" and len(given) < len(LIST_OPTIONS):
             missing = ", ".join(
@@ -145,6 +165,8 @@ class ExperimentConfig:
         A data set without a released setting gets the release's defaults; with ``num_classes`` their
         CLoRA rank is capped at the number of classes (CLoRA selects rank classes per image).
         """
+        from ..presets import LORA_BASELINE, setting_hparams
+
         keys = _METHOD_KEYS[self.method]
         if self.method == "lora":
             base, source = dict(LORA_BASELINE), "release default config"

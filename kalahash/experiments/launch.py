@@ -68,7 +68,8 @@ def require_launcher(launcher: Launcher) -> Any:
         import submitit
     except ImportError:
         raise SubmititMissingError(
-            "the local and slurm launchers run on submitit, which is not installed: pip install submitit"
+            'the local and slurm launchers run on submitit, which is not installed: pip install "kalahash[launch]" '
+            "(or pip install submitit)"
         ) from None
     missing = [c for c in ("sbatch", "srun") if launcher.kind == "slurm" and shutil.which(c) is None]
     if missing:
@@ -295,7 +296,7 @@ def launched_rows(
     """The row of each configuration, by config_id, through :func:`launch_runs` (waiting for its jobs):
     a run whose loss diverged gets :func:`~kalahash.experiments.diverged_row`, as in a study run in
     process; any other failure raises :class:`LaunchError` naming each run, its error and its log."""
-    from .runfiles import diverged_row
+    from .runner import diverged_row
 
     launcher = Launcher.of(launcher)
     if launcher is not None and not launcher.wait:

@@ -10,13 +10,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..worlds import world_datasets
 from .config import DEFAULT_BACKBONE, DEFAULT_DATASET, DEFAULT_FIGURES
 
 # Where the notebooks write their figures and tables, when set (an absolute path, or relative to the
 # project): ``kalahash reproduce`` sets it to its runs folder.
 FIGURES_VARIABLE = "KALAHASH_FIGURES"
 
-WORLDS = ("shapes", "shapes-multi", "objects10", "objects10-multi")
 # Notebook profiles: "smoke" runs end-to-end on a CPU in minutes on the built-in offline world (CI runs
 # it); "paper" is the paper's setting (CLIP ViT-B/32 with OpenAI weights, 1-8 shots, three seeds).
 PROFILES: dict[str, dict[str, Any]] = {
@@ -80,7 +80,7 @@ def notebook_settings(profile: str = "auto", **given: Any) -> dict[str, Any]:
 
     dataset = given.get("dataset")
     if profile == "auto":
-        profile = "smoke" if dataset is None or dataset in WORLDS else "paper"
+        profile = "smoke" if dataset is None or dataset in world_datasets() else "paper"
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose auto, {', '.join(PROFILES)}")
     chosen = {k: v for k, v in given.items() if v is not None}
@@ -96,7 +96,7 @@ def notebook_settings(profile: str = "auto", **given: Any) -> dict[str, Any]:
     for name in _LIST_SETTINGS:
         if name in settings:
             settings[name] = list_setting(name, settings[name])
-    if settings["dataset"] not in WORLDS and settings.get("data_root") is None:
+    if settings["dataset"] not in world_datasets() and settings.get("data_root") is None:
         default = default_data_root(settings["dataset"])
         settings["data_root"] = str(default if default.is_absolute() else project_paths()["root"] / default)
     return settings

@@ -77,12 +77,12 @@ def read_results(path: str | os.PathLike = DEFAULT_RESULTS) -> pd.DataFrame:
     """The intact rows of a results table (:mod:`kalahash.results_table`); a damaged row (cut, not a
     number, or not the run its config_id names) is skipped with a DamagedRowWarning naming file:line.
     ``flags`` as :func:`kalahash.history.stored_flags` reads them."""
-    return stored_flags(results_table.read_results(path, _config_problem, TEXT_COLUMNS))
+    return stored_flags(results_table.read_table(path, _config_problem, TEXT_COLUMNS))
 
 
 def append_result(row: Mapping[str, Any], path: str | os.PathLike = DEFAULT_RESULTS) -> None:
     """Append one row atomically (concurrent appends all land); damaged rows move to ``<path>.damaged``."""
-    results_table.append_result(row, path, _config_problem)
+    results_table.append_row(row, path, _config_problem)
 
 
 def _loop_of(row: Mapping[str, Any]) -> int:

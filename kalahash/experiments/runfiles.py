@@ -18,7 +18,6 @@ Only the merging process writes the table, through :func:`append_result`; one me
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import time
@@ -29,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import atomic_write_text
-from ..history import DIVERGED
 from ..results_table import Locked
 from .config import ExperimentConfig, config_hash
 
@@ -269,19 +267,3 @@ def collect_runs(results: str | os.PathLike, only: Iterable[str] | None = None) 
         if wanted_here and config_id not in with_rows and not (folder / f"{config_id}.json").exists():
             failed.append(read_failure(path))
     return Collected(merged, already, unreadable, failed)
-
-
-def diverged_row(config: ExperimentConfig, error: str) -> dict[str, Any]:
-    """The row of a run whose loss became non-finite: a result of a study, not a crash. NaN mAP, the
-    flag :data:`~kalahash.history.DIVERGED` and the error; it is not stored, so it runs again next time
-    and stops the same way."""
-    nan = math.nan
-    return {
-        "config_id": config.config_id,
-        **config.to_row(),
-        "map": nan,
-        "map_ties_index": nan,
-        "map_ties_average": nan,
-        "flags": DIVERGED,
-        "error": error,
-    }

@@ -1,5 +1,6 @@
-"""Running: one configuration (:func:`run_experiment`), a grid of them (:func:`run_sweep`), the README's
-demo (:func:`run_demo`), and the mean ± std over seeds of their rows (:func:`summarize`).
+"""Running: one configuration (:func:`run_experiment`), a list of them (:func:`run_configs`, where a run
+that diverged is a flagged row, :func:`run_or_flag`), a grid (:func:`run_sweep`), the README's demo
+(:func:`run_demo`), and the mean ± std over seeds of their rows (:func:`summarize`).
 
 The functions that call :func:`run_experiment` live here with it, so replacing it in this module
 (``monkeypatch.setattr(kalahash.experiments.runner, "run_experiment", ...)``) reaches all of them.
@@ -14,50 +15,24 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
 
-from ..checkpoints import data_identity
-from ..fileio import atomic_write_text
-from ..history import FLAG_MARK, group_flags, history_path, history_summary, save_history
+from ..cache import PrefixCache
+from ..checkpoints import data_identity, save_checkpoint
+from ..history import DIVERGED, FLAG_MARK, group_flags, history_path, history_summary, save_history
 from ..loader import LoaderOptions
 from ..machine import provenance, resolve_device
 from ..results_table import DEFAULT_RESULTS, check_writable, keep_unwritten_row
-from ..train import TRAINING_LOOP, PrefixCache, TrainConfig, evaluate, fit, save_checkpoint
+from ..train import TRAINING_LOOP, TrainConfig, evaluate, fit
 from .config import DEFAULT_BACKBONE, DEFAULT_CACHE, DEFAULT_DATASET, DEFAULT_FIGURES, ExperimentConfig
+from .data_checks import checked_data
 from .results import append_result, find_result
 
 # the phases of a run before evaluation, timed in its row as <phase>_seconds (then encode and map)
 RUN_PHASES = ("load", "check", "build", "fit")
-
-
-def checked_data(data: Any, cache_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
-    """The integrity check of a data set, remembered while its lists and its images stay the same.
-
-    Opening every file of NUS-WIDE or MS-COCO takes minutes, so a sweep reuses the stored verdict for
-    the same lists (ids and labels: the fingerprint) as long as every file keeps its size and
-    modification time (or the in-memory pixels their content): repairing or breaking an image makes the
-    next run check again. ``kalahash check-data`` always checks afresh.
-    """
-    from ..data import check_data, content_stamp, data_fingerprint
-
-    path = Path(cache_dir) / f"{data.name}-{data_fingerprint(data)[:20]}.json"
-    stamp = content_stamp(data)  # before the check: a file changed during it is checked again next time
-    if path.exists():
-        record = json.loads(path.read_text())
-        if record.get("content_stamp") == stamp:
-            return record
-    check = check_data(data, progress=progress)
-    record = {
-        "ok": check.ok,
-        "fingerprint": check.fingerprint,
-        "content_stamp": stamp,
-        "report": check.report(),
-    }
-    atomic_write_text(path, json.dumps(record, indent=2))
-    return record
 
 
 def run_experiment(
@@ -91,10 +66,6 @@ def run_experiment(
     neither changes a result on the CPU); the row records them and times each phase (``load_seconds``,
     ``check_seconds``, ``build_seconds``, ``fit_seconds``, ``encode_seconds``, ``map_seconds``).
     """
-    from ..backbones import load_backbone
-    from ..data import few_shot_split, load_dataset
-    from ..hashing import build_hasher
-
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint= (CLI: --checkpoint), the file to resume from")
     workdir = Path(workdir) if workdir is not None else Path(results or DEFAULT_RESULTS).parent
@@ -117,27 +88,12 @@ def run_experiment(
     if cache is not None and not isinstance(cache, PrefixCache):
         cache = PrefixCache(cache)
     clock = [time.perf_counter()]
-    data = load_dataset(cfg.dataset, cfg.data_root, seed=cfg.split_seed, **cfg.data_options())
+    data = load_run_data(cfg)
     clock.append(time.perf_counter())
-    if len(data.classnames) < 2:
-        raise ValueError(
-            f"data set {cfg.dataset!r} has one class ({data.classnames[0]!r}): every database image is "
-            "relevant to every query, so any codes score mAP 1.0 and the run would show nothing; give at "
-            "least two classes (for --dataset folder: a sub-folder per class)"
-        )
-    check = checked_data(data, Path(workdir) / "data_checks", progress=progress)
+    check = check_run_data(cfg, data, workdir, progress=progress, allow_failed_check=allow_failed_check)
     clock.append(time.perf_counter())
-    if not check["ok"] and not allow_failed_check:
-        raise ValueError(
-            f"the data check of {cfg.dataset!r} failed:\n{check['report']}\nFix the data, or pass "
-            "allow_failed_check=True (CLI: --allow-failed-check) to run anyway."
-        )
-    split_dir = Path(workdir) / "splits" / f"{cfg.dataset}-{check['fingerprint'][:12]}-split{cfg.split_seed}"
-    train_set = few_shot_split(data, cfg.shots, seed=cfg.seed, out_dir=split_dir, strict=strict_shots)
-    hparams, hparams_source = cfg.resolved_hparams(num_classes=len(data.classnames))
-    torch.manual_seed(cfg.seed)
-    backbone = load_backbone(cfg.backbone, cfg.pretrained, device=device)
-    hasher = build_hasher(cfg.method, backbone, data.classnames, cfg.bits, **hparams)
+    built = build_run(cfg, data, check, workdir, device=device, strict_shots=strict_shots)
+    train_set, hparams, hparams_source, backbone, hasher = built
     clock.append(time.perf_counter())
     train_config = TrainConfig(
         epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(train_set)), lr=cfg.lr, seed=cfg.seed
@@ -218,6 +174,73 @@ def run_experiment(
     return {**row, "skipped": False, "resumed_from_epoch": trained.resumed_from_epoch}
 
 
+def load_run_data(cfg: ExperimentConfig) -> Any:
+    """A run's data set, refused when it has one class (every image is relevant to every query)."""
+    from ..data import load_dataset
+
+    data = load_dataset(cfg.dataset, cfg.data_root, seed=cfg.split_seed, **cfg.data_options())
+    if len(data.classnames) < 2:
+        raise ValueError(
+            f"data set {cfg.dataset!r} has one class ({data.classnames[0]!r}): every database image is "
+            "relevant to every query, so any codes score mAP 1.0 and the run would show nothing; give at "
+            "least two classes (for --dataset folder: a sub-folder per class)"
+        )
+    return data
+
+
+def check_run_data(
+    cfg: ExperimentConfig,
+    data: Any,
+    workdir: str | os.PathLike,
+    *,
+    progress: bool = True,
+    allow_failed_check: bool = False,
+) -> dict[str, Any]:
+    """The data's integrity check (remembered under ``workdir``: :func:`checked_data`); a failed one is
+    refused unless ``allow_failed_check``."""
+    check = checked_data(data, Path(workdir) / "data_checks", progress=progress)
+    if not check["ok"] and not allow_failed_check:
+        raise ValueError(
+            f"the data check of {cfg.dataset!r} failed:\n{check['report']}\nFix the data, or pass "
+            "allow_failed_check=True (CLI: --allow-failed-check) to run anyway."
+        )
+    return check
+
+
+class BuiltRun(NamedTuple):
+    """A run ready to train: its few-shot set, hyperparameters (and their source), backbone and hasher."""
+
+    train_set: Any
+    hparams: dict[str, Any]
+    hparams_source: str
+    backbone: Any
+    hasher: Any
+
+
+def build_run(
+    cfg: ExperimentConfig,
+    data: Any,
+    check: Mapping[str, Any],
+    workdir: str | os.PathLike,
+    *,
+    device: torch.device,
+    strict_shots: bool = False,
+) -> BuiltRun:
+    """The few-shot training set (its list kept under ``workdir``), the hyperparameters and the hasher
+    of a run on checked data: what :func:`run_experiment` trains and ``kalahash.efficiency`` times."""
+    from ..backbones import load_backbone
+    from ..data import few_shot_split
+    from ..hashing import build_hasher
+
+    split_dir = Path(workdir) / "splits" / f"{cfg.dataset}-{check['fingerprint'][:12]}-split{cfg.split_seed}"
+    train_set = few_shot_split(data, cfg.shots, seed=cfg.seed, out_dir=split_dir, strict=strict_shots)
+    hparams, hparams_source = cfg.resolved_hparams(num_classes=len(data.classnames))
+    torch.manual_seed(cfg.seed)
+    backbone = load_backbone(cfg.backbone, cfg.pretrained, device=device)
+    hasher = build_hasher(cfg.method, backbone, data.classnames, cfg.bits, **hparams)
+    return BuiltRun(train_set, hparams, hparams_source, backbone, hasher)
+
+
 def _checkpoint_contents(path: str | os.PathLike) -> str:
     """What an existing checkpoint file holds, in a few words, for the refusal to overwrite it."""
     from ..checkpoints import load_checkpoint
@@ -244,10 +267,37 @@ def expand_grid(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]]) -> li
     ]
 
 
+def run_or_flag(cfg: ExperimentConfig, **kwargs: Any) -> dict[str, Any]:
+    """The row of one configuration of a list (``kwargs`` go to :func:`run_experiment`). A run whose
+    training loss became non-finite is a result of the list, not a crash: its row has NaN mAP, the flag
+    :data:`~kalahash.history.DIVERGED` and the error in ``error``; it is not stored, so it runs again next
+    time (and stops the same way)."""
+    try:
+        return run_experiment(cfg, **kwargs)
+    except FloatingPointError as err:
+        return diverged_row(cfg, str(err))
+
+
+def diverged_row(config: ExperimentConfig, error: str) -> dict[str, Any]:
+    """The row of a run whose loss became non-finite: a result of a list of runs, not a crash. NaN mAP,
+    the flag :data:`~kalahash.history.DIVERGED` and the error; it is not stored, so it runs again next
+    time and stops the same way (in this process, :func:`run_or_flag`; as a launched job,
+    :func:`~kalahash.experiments.launched_rows`)."""
+    nan = float("nan")
+    return {"config_id": config.config_id, **config.to_row(), "map": nan, "map_ties_index": nan,
+            "map_ties_average": nan, "flags": DIVERGED, "error": error}  # fmt: skip
+
+
+def run_configs(configs: Iterable[ExperimentConfig], **kwargs: Any) -> pd.DataFrame:
+    """Run configurations one after the other (``kwargs`` go to :func:`run_experiment`: a stored result is
+    reused, the prefix cache shared) and return a row each; one that diverged is a flagged row
+    (:func:`run_or_flag`), and the list goes on."""
+    return pd.DataFrame([run_or_flag(cfg, **kwargs) for cfg in configs])
+
+
 def run_sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], **kwargs: Any) -> pd.DataFrame:
-    """Run every configuration of a grid (seeds included), sharing one prefix cache; return the rows."""
-    rows = [run_experiment(cfg, **kwargs) for cfg in expand_grid(base, grid)]
-    return pd.DataFrame(rows)
+    """Run every configuration of a grid (seeds included) with :func:`run_configs`; return the rows."""
+    return run_configs(expand_grid(base, grid), **kwargs)
 
 
 def mean_text(mean: float, std: float, n: int) -> str:
@@ -318,9 +368,9 @@ def run_demo(
     )
     options = {"results": results, "cache": cache, "force": force, "progress": progress}
     grid = itertools.product(DEMO_METHODS, list(seeds))
-    rows = pd.DataFrame([run_experiment(replace(base, method=m, seed=s), **options) for m, s in grid])
+    rows = run_configs([replace(base, method=m, seed=s) for m, s in grid], **options)
     columns = ["method", "seed", "map", "map_at", "p_at_100", "train_seconds", "trainable_params"]
-    table = rows[[*columns, "hparams_source", "flags"]]
+    table = rows.reindex(columns=[*columns, "hparams_source", "flags"])  # a diverged run lacks some
     save_table(rows, "demo_results", out_dir=out_dir)
     title = f"{dataset}, {shots}-shot, {bits} bits (offline world, {backbone})"
     save_figure(bar_by_method(summarize(rows), title), "demo_map", rows, out_dir=out_dir)

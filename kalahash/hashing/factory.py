@@ -1,5 +1,6 @@
-"""Names to objects: the method registry (:data:`METHODS`), the hyper-parameters and their defaults
-(:data:`HPARAMS`), their validation, and :func:`build_hasher`, the one way to make a :class:`Hasher`."""
+"""Names to objects: the hyper-parameters and their defaults (:data:`HPARAMS`), their validation, and
+:func:`build_hasher`, the one way to make a :class:`Hasher` from a method of the registry
+(:data:`kalahash.hashing.methods.METHODS`)."""
 
 from __future__ import annotations
 
@@ -24,37 +25,16 @@ from kalahash.lora import (
     normalise_blocks,
     normalise_targets,
 )
+from kalahash.prompts import CLASS_PROMPT
 
-from .kiddo import KIDDO
-from .knowledge import check_knowledge_mode, control_knowledge
+from .kiddo import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_GAMMA, DEFAULT_SWEEPS, KIDDO
+from .knowledge import control_knowledge
 from .losses import LOSSES
+from .methods import METHODS, check_knowledge_control, uses_knowledge
 from .model import Hasher, serves_a_hasher
 
 if TYPE_CHECKING:
     from kalahash.backbones import Backbone
-
-DEFAULT_TEMPLATE = "a photo of a {}."
-
-# method -> (adapter, full fine-tuning, KIDDO by default, zero-shot head); the loss defaults to DPSH.
-METHODS: dict[str, dict[str, Any]] = {
-    "fft": {"adapter": None, "finetune": True, "kiddo": False, "zeroshot": False},
-    "lb": {"adapter": None, "finetune": False, "kiddo": False, "zeroshot": False},
-    "lora": {"adapter": "lora", "finetune": False, "kiddo": False, "zeroshot": False},
-    "clora": {"adapter": "clora", "finetune": False, "kiddo": False, "zeroshot": False},
-    "kalahash": {"adapter": "clora", "finetune": False, "kiddo": True, "zeroshot": False},
-    "zeroshot": {"adapter": None, "finetune": False, "kiddo": False, "zeroshot": True},
-}
-
-# How tables, figures and verdicts name each method (and the shot-scaling figure's MDSH-FFT baseline).
-METHOD_LABELS = {
-    "lb": "LB",
-    "fft": "FFT",
-    "lora": "LoRA",
-    "clora": "CLoRA",
-    "kalahash": "KALAHash",
-    "zeroshot": "zero-shot codes",
-    "mdsh-fft": "MDSH-FFT",
-}
 
 # hparam -> default (None = decided by the method or the loss); see build_hasher's docstring.
 HPARAMS: dict[str, Any] = {
@@ -68,12 +48,12 @@ HPARAMS: dict[str, Any] = {
     "loss": "dpsh",
     "loss_options": {},
     "kiddo": None,
-    "kiddo_alpha": 0.1,
-    "kiddo_beta": 1.0,
-    "kiddo_gamma": 1.0,
-    "kiddo_sweeps": 10,
+    "kiddo_alpha": DEFAULT_ALPHA,
+    "kiddo_beta": DEFAULT_BETA,
+    "kiddo_gamma": DEFAULT_GAMMA,
+    "kiddo_sweeps": DEFAULT_SWEEPS,
     "batch_norm": None,
-    "template": DEFAULT_TEMPLATE,
+    "template": CLASS_PROMPT,
     "knowledge": "true",
     "knowledge_seed": 0,
     "anchor_momentum": None,
@@ -163,19 +143,6 @@ def _resolve_hparams(method: str, hparams: dict[str, Any]) -> dict[str, Any]:
     return hp
 
 
-def uses_kiddo(method: str, hparams: dict[str, Any]) -> bool:
-    """Whether a method with these (resolved or given) hparams trains with KIDDO."""
-    kiddo = hparams.get("kiddo")
-    return bool(METHODS[method]["kiddo"] if kiddo is None else kiddo)
-
-
-def uses_knowledge(method: str, hparams: dict[str, Any]) -> bool:
-    """Whether a method with these (resolved or given) hparams reads K: CLoRA's pool, KIDDO's anchors or
-    the zero-shot codes."""
-    spec = METHODS[method]
-    return spec["adapter"] == "clora" or spec["zeroshot"] or uses_kiddo(method, hparams)
-
-
 def warn_unknown_words(backbone: Backbone, classnames: Sequence[str], template: str) -> None:
     """Warn (:class:`UnknownWordsWarning`) when the class prompts hold words the backbone has no trained
     tokens for: their text embeddings are near-identical, so K carries nothing of those classes."""
@@ -189,19 +156,6 @@ def warn_unknown_words(backbone: Backbone, classnames: Sequence[str], template: 
             UnknownWordsWarning,
             stacklevel=3,
         )
-
-
-def check_knowledge_control(method: str, hparams: dict[str, Any], knowledge: Any) -> str:
-    """``knowledge`` if it is a control mode this method (with these hparams) can take: a control other
-    than ``"true"`` needs a method that reads K (:func:`uses_knowledge`)."""
-    knowledge = check_knowledge_mode(knowledge)
-    if knowledge != "true" and not uses_knowledge(method, hparams):
-        raise ValueError(
-            f"knowledge {knowledge!r} is a control for methods that read K (clora, kalahash, zeroshot, or "
-            f"any method with kiddo=True); method {method!r} does not: use knowledge='true' (CLI: "
-            "--knowledge true, the default)"
-        )
-    return knowledge
 
 
 def _check_knowledge_options(method: str, hp: dict[str, Any]) -> None:
@@ -266,7 +220,7 @@ def build_hasher(
         ``kiddo`` (method default: True for kalahash only) wrap the loss in :class:`KIDDO`;
         ``kiddo_alpha`` (0.1), ``kiddo_beta`` (1.0), ``kiddo_gamma`` (1.0), ``kiddo_sweeps`` (10).
         ``batch_norm`` (None: the loss's default — True for csq, orthohash, mdsh) BatchNorm in the head
-        and in G. ``template`` ("a photo of a {}.") the text prompt for K.
+        and in G. ``template`` (:data:`kalahash.prompts.CLASS_PROMPT`, "a photo of a {}.") the text prompt for K.
         ``knowledge`` ("true") a control of K for methods that read it (:func:`control_knowledge`:
         ``"permuted"`` deals the text rows to other classes, ``"random"`` Gaussian rows of K's norms);
         ``knowledge_seed`` (0) seeds it. Methods that do not read K accept only ``"true"``.

@@ -23,6 +23,13 @@ from torch import nn
 
 from .losses.base import HashLoss, as_label_tensor
 
+# The paper's default loss weights (ALPHA, BETA, GAMMA of the release's config) and B-step sweeps: the
+# hasher's defaults (factory.HPARAMS) and the presets' release defaults read them here.
+DEFAULT_ALPHA = 0.1
+DEFAULT_BETA = 1.0
+DEFAULT_GAMMA = 1.0
+DEFAULT_SWEEPS = 10
+
 
 def l_qua(u: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """L_qua = mean (u − B[:, idx]ᵀ)²: pulls the head outputs u (batch, bits) to their codes b."""
@@ -110,10 +117,10 @@ class KIDDO(nn.Module):
     def __init__(
         self,
         similarity: HashLoss,
-        alpha: float = 0.1,
-        beta: float = 1.0,
-        gamma: float = 1.0,
-        sweeps: int = 10,
+        alpha: float = DEFAULT_ALPHA,
+        beta: float = DEFAULT_BETA,
+        gamma: float = DEFAULT_GAMMA,
+        sweeps: int = DEFAULT_SWEEPS,
     ) -> None:
         super().__init__()
         if not alpha > 0:

@@ -14,15 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kalahash.presets import KNOWLEDGE_MODES
-
-
-def check_knowledge_mode(mode: object) -> str:
-    """``mode`` if it is one of :data:`KNOWLEDGE_MODES`, else a ValueError that lists them."""
-    if mode not in KNOWLEDGE_MODES:
-        allowed = ", ".join(repr(m) for m in KNOWLEDGE_MODES)
-        raise ValueError(f"unknown knowledge {mode!r}: allowed {allowed}")
-    return str(mode)
+from .methods import check_knowledge_mode
 
 
 def knowledge_permutation(num_classes: int, seed: int) -> np.ndarray:

@@ -1,12 +1,13 @@
-"""Pre-training of the built-in tiny CLIPs on the offline worlds, and knowledge checks.
+"""Pre-training of the built-in tiny CLIPs on the offline worlds.
 
 ``pretrain_tiny`` trains a registered open_clip config (``tiny-shapes`` on the ``shapes`` world, the
 family ``tiny-objects-s/m/l`` on ``objects10``) from random weights with the CLIP contrastive loss on
 a world's captioned pre-training pool, then ships the whole model (the text tower too: KALAHash needs
 class-text knowledge) as fp16 safetensors next to a provenance JSON. Worlds that declare their
 vocabulary train and store only the token-embedding rows it uses (``CompactTokenEmbedding``).
-:func:`zero_shot_accuracy`, :func:`linear_probe_accuracy` and :func:`knowledge_stats` show that the
-knowledge is real: far above chance for a trained model, near chance for a random one.
+With ``evaluate``, the provenance records :func:`~kalahash.worlds.evaluation.knowledge_report` of the
+saved and of a random model: the knowledge is real when the first is far above chance and the second
+near it.
 """
 
 from __future__ import annotations
@@ -20,173 +21,23 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import open_clip
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from kalahash import objects10, world
-from kalahash.backbones import BUILTIN_WEIGHTS, Backbone, CompactTokenEmbedding, load_backbone
-from kalahash.data import ImageList, RetrievalData, load_dataset
+from kalahash.backbones import BUILTIN_WEIGHTS, CompactTokenEmbedding, load_backbone
 from kalahash.fileio import atomic_write, atomic_write_text
 
+from .evaluation import images_to_tensor, knowledge_report
+from .toolkit import WORLDS, WorldSpec, family_text, world_spec
 
-@dataclass(frozen=True)
-class PretrainWorld:
-    """What pre-training needs of a world: its caption pool, its retrieval sets and its vocabulary."""
-
-    caption_pool: Callable[..., tuple[np.ndarray, list[str]]]  # (n, seed=, start=) -> images, captions
-    pool_name: str  # for the provenance
-    single: str  # single-label retrieval set (zero-shot, linear probes)
-    multi: str  # multi-label companion (zero-shot top-1 hit rate)
-    words: tuple[str, ...] | None = None  # caption vocabulary; None keeps the full token table
-    held_out: frozenset[str] = frozenset()  # class names never captioned in pre-training
-
-
-WORLDS: dict[str, PretrainWorld] = {
-    # tiny-shapes keeps the full token table: its shipped weights predate compact storage.
-    "shapes": PretrainWorld(
-        world.caption_pool,
-        "kalahash.world.caption_pool",
-        "shapes",
-        "shapes-multi",
-        held_out=frozenset(f"{t} {s}" for t, s in world.HELD_OUT_PAIRS),
-    ),
-    "objects10": PretrainWorld(
-        objects10.caption_pool,
-        "kalahash.objects10.caption_pool",
-        "objects10",
-        "objects10-multi",
-        words=objects10.caption_words(),
-    ),
-}
 CONFIG = "tiny-shapes"  # the default config
-# The world each built-in config is pre-trained on.
-CONFIG_WORLDS: dict[str, str] = {
-    "tiny-shapes": "shapes",
-    "tiny-objects-s": "objects10",
-    "tiny-objects-m": "objects10",
-    "tiny-objects-l": "objects10",
-}
 DEFAULT_STEPS = 2000
 _CHUNK_STEPS = 50  # pool images are generated this many steps ahead
-
-
-def _normalisation(preprocess: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """(mean, std) of the ``Normalize`` step of an open_clip preprocess, None if there is none."""
-    for t in getattr(preprocess, "transforms", []):
-        if type(t).__name__ == "Normalize":
-            return tuple(t.mean), tuple(t.std)
-    return None
-
-
-def images_to_tensor(
-    images: np.ndarray,
-    mean: tuple[float, ...] = open_clip.OPENAI_DATASET_MEAN,
-    std: tuple[float, ...] = open_clip.OPENAI_DATASET_STD,
-) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W): what ``backbone.preprocess`` gives for
-    images already at the model's size (its resize and crop are then the identity), without PIL."""
-    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-
-
-@torch.no_grad()
-def encode_image_list(backbone: Backbone, images: ImageList, batch_size: int = 512) -> torch.Tensor:
-    """Raw projected image features (N, embed) of a whole image list, through ``backbone.preprocess``.
-
-    In-memory images at the model's size take a vectorised path equal to the preprocess."""
-    model = backbone.model
-    was_training = model.training
-    model.eval()
-    norm = _normalisation(backbone.preprocess)
-    fast = (
-        isinstance(images.images, np.ndarray)
-        and tuple(images.images.shape[1:3]) == tuple(backbone.image_size)
-        and norm is not None
-    )
-    feats = []
-    for start in range(0, len(images), batch_size):
-        stop = min(start + batch_size, len(images))
-        if fast:
-            x = images_to_tensor(images.images[start:stop], *norm)
-        else:
-            x = torch.stack([backbone.preprocess(images.load_image(i)) for i in range(start, stop)])
-        feats.append(backbone.encode_image(x.to(backbone.device)).float().cpu())
-    model.train(was_training)
-    return torch.cat(feats) if feats else torch.zeros(0, backbone.embed_dim)
-
-
-def _split(data: RetrievalData, split: str) -> ImageList:
-    if split not in ("query", "train", "database"):
-        raise ValueError(f"split must be 'query', 'train' or 'database', got {split!r}")
-    return getattr(data, split)
-
-
-def zero_shot_scores(backbone: Backbone, data: RetrievalData, split: str = "query") -> torch.Tensor:
-    """Cosine similarity (N, C) between normalised image features and normalised class-text knowledge."""
-    images = _split(data, split)
-    feats = F.normalize(encode_image_list(backbone, images), dim=-1)
-    text = F.normalize(backbone.text_knowledge(list(data.classnames)).cpu(), dim=-1)
-    return feats @ text.T
-
-
-def zero_shot_accuracy(backbone: Backbone, data: RetrievalData, split: str = "query") -> float:
-    """Zero-shot accuracy with prompts "a photo of a {class}.".
-
-    Single-label: the argmax class is the label. Multi-label: top-1 hit rate, the argmax class is one
-    of the image's labels (chance: mean number of labels / number of classes, see :func:`chance_level`).
-    """
-    scores = zero_shot_scores(backbone, data, split)
-    labels = torch.from_numpy(_split(data, split).labels.astype(np.int64))
-    top1 = scores.argmax(dim=1)
-    return float(labels.gather(1, top1[:, None]).float().mean())
-
-
-def chance_level(data: RetrievalData, split: str = "query") -> float:
-    """Expected :func:`zero_shot_accuracy` of a guess uniform over classes."""
-    labels = _split(data, split).labels
-    return float(labels.sum(1).mean() / labels.shape[1])
-
-
-def per_class_zero_shot(backbone: Backbone, data: RetrievalData, split: str = "query") -> dict[str, float]:
-    """Single-label zero-shot accuracy per class name (to compare seen and held-out pairs)."""
-    if data.multi_label:
-        raise ValueError(f"per_class_zero_shot needs a single-label data set, {data.name!r} is multi-label")
-    scores = zero_shot_scores(backbone, data, split)
-    labels = _split(data, split).labels
-    truth = labels.argmax(1)
-    pred = scores.argmax(1).numpy()
-    return {name: float((pred[truth == c] == c).mean()) for c, name in enumerate(data.classnames)}
-
-
-def linear_probe_accuracy(
-    backbone: Backbone, data: RetrievalData, shots: int, seed: int = 0, split: str = "query"
-) -> float:
-    """Accuracy on ``split`` of a logistic regression on frozen, normalised features of ``shots``
-    training images a class (single-label only): does the image tower's knowledge transfer?"""
-    from sklearn.linear_model import LogisticRegression
-
-    if data.multi_label:
-        raise ValueError(f"linear_probe_accuracy needs a single-label data set, {data.name!r} is multi-label")
-    if shots < 1:
-        raise ValueError(f"shots must be >= 1, got {shots}")
-    rng = np.random.default_rng(seed)
-    truth = data.train.labels.argmax(1)
-    pick = np.concatenate(
-        [rng.choice(np.flatnonzero(truth == c), shots, replace=False) for c in range(data.train.num_classes)]
-    )
-    x_train = F.normalize(encode_image_list(backbone, data.train.subset(pick)), dim=-1).numpy()
-    test = _split(data, split)
-    x_test = F.normalize(encode_image_list(backbone, test), dim=-1).numpy()
-    clf = LogisticRegression(C=10.0, max_iter=2000).fit(x_train, truth[pick])
-    return float((clf.predict(x_test) == test.labels.argmax(1)).mean())
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -232,65 +83,23 @@ def vocabulary_ids(tokenizer: Any, words: tuple[str, ...]) -> torch.Tensor:
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
-def knowledge_stats(knowledge: torch.Tensor) -> dict[str, float]:
-    """Shape of class-text knowledge K (C x D): mean row norm, mean cosine between distinct rows,
-    numerical rank (singular values needed for 99 % of the energy) and the common mean's energy share.
-    Compositional class names show as a high cosine and a rank below C (offline-world notes)."""
-    k = knowledge.double().cpu()
-    c = k.shape[0]
-    unit = F.normalize(k, dim=1)
-    cos = unit @ unit.T
-    energy = torch.linalg.svdvals(k) ** 2
-    share = torch.cumsum(energy, 0) / energy.sum()
-    return {
-        "k_row_norm": float(k.norm(dim=1).mean()),
-        "k_mean_pairwise_cosine": float(cos[~torch.eye(c, dtype=torch.bool)].mean()) if c > 1 else 1.0,
-        "k_numerical_rank": int((share < 0.99).sum()) + 1,
-        "k_mean_energy_share": float(c * k.mean(0).norm() ** 2 / k.norm() ** 2),
-    }
-
-
-def knowledge_report(backbone: Backbone, seed: int = 0, world: str = "shapes") -> dict[str, Any]:
-    """Zero-shot (both retrieval sets of ``world``), 1/4-shot linear probes, chance levels and the
-    shape of K (:func:`knowledge_stats`). Keys start with the set's name (``shapes_zero_shot``)."""
-    spec = _world(world)
-    single, multi = load_dataset(spec.single, seed=seed), load_dataset(spec.multi, seed=seed)
-    a, b = spec.single.replace("-", "_"), spec.multi.replace("-", "_")
-    per_class = per_class_zero_shot(backbone, single)
-    report: dict[str, Any] = {f"{a}_zero_shot": zero_shot_accuracy(backbone, single)}
-    if spec.held_out:
-        seen = [v for k, v in per_class.items() if k not in spec.held_out]
-        report[f"{a}_zero_shot_seen_pairs"] = float(np.mean(seen))
-        report[f"{a}_zero_shot_held_out_pairs"] = float(np.mean([per_class[k] for k in spec.held_out]))
-    report |= {
-        f"{a}_zero_shot_per_class": per_class,
-        f"{a}_chance": chance_level(single),
-        f"{b}_zero_shot_top1_hit": zero_shot_accuracy(backbone, multi),
-        f"{b}_chance": chance_level(multi),
-        f"{a}_linear_probe_1shot": linear_probe_accuracy(backbone, single, shots=1, seed=seed),
-        f"{a}_linear_probe_4shot": linear_probe_accuracy(backbone, single, shots=4, seed=seed),
-    }
-    return report | knowledge_stats(backbone.text_knowledge(list(single.classnames)))
-
-
-def _world(name: str) -> PretrainWorld:
-    if name not in WORLDS:
-        raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {name!r}")
-    return WORLDS[name]
+def config_world(config: str) -> str | None:
+    """The world a built-in config is pre-trained on: the one whose spec lists it (None: no world's)."""
+    return next((spec.name for spec in WORLDS.values() if config in spec.backbones), None)
 
 
 def _resolve(config: str, world: str | None, output: str | Path | None) -> tuple[str, Path]:
     """The world and output file of a call: a built-in config's own unless given."""
     if config not in open_clip.list_models():
-        known = ", ".join(CONFIG_WORLDS)
+        known = ", ".join(b for spec in WORLDS.values() for b in spec.backbones)
         raise ValueError(f"config must be an open_clip model config (built-ins: {known}), got {config!r}")
     if world is None:
-        if config not in CONFIG_WORLDS:
+        world = config_world(config)
+        if world is None:
             raise ValueError(
                 f"config {config!r} has no default world: pass world= (CLI: --world) one of {', '.join(WORLDS)}"
             )
-        world = CONFIG_WORLDS[config]
-    _world(world)
+    world_spec(world)
     if output is None:
         if config not in BUILTIN_WEIGHTS:
             raise ValueError(
@@ -305,7 +114,7 @@ def _resolve(config: str, world: str | None, output: str | Path | None) -> tuple
     return world, output
 
 
-def _build(config: str, seed: int, spec: PretrainWorld) -> tuple[nn.Module, Any]:
+def _build(config: str, seed: int, spec: WorldSpec) -> tuple[nn.Module, Any]:
     """A random-init model of ``config`` (seeded) and its tokenizer; compact token rows if the world
     declares its vocabulary (the other rows never get a gradient: nothing is lost)."""
     torch.manual_seed(seed)
@@ -319,7 +128,7 @@ def _build(config: str, seed: int, spec: PretrainWorld) -> tuple[nn.Module, Any]
 
 
 def _train(
-    model: nn.Module, tokenizer: Any, spec: PretrainWorld, seed: int, steps: int, batch_size: int,
+    model: nn.Module, tokenizer: Any, spec: WorldSpec, seed: int, steps: int, batch_size: int,
     lr: float, weight_decay: float, warmup: int, progress: bool, desc: str,
 ) -> list[float]:  # fmt: skip
     """CLIP InfoNCE with AdamW, warm-up and cosine decay; fresh pool images every step. Returns losses."""
@@ -392,7 +201,8 @@ def pretrain_tiny(
     threads : torch CPU threads (default: torch's choice; 1 is fastest on a busy machine).
     evaluate : measure zero-shot, linear-probe knowledge and K's shape of the saved and of a random model.
     config : the open_clip model config (``tiny-shapes``, ``tiny-objects-s``, ``-m``, ``-l``).
-    world : ``shapes`` or ``objects10``; default: the built-in config's (:data:`CONFIG_WORLDS`).
+    world : a registered world (:data:`kalahash.worlds.WORLDS`); default: the built-in config's
+        (:func:`config_world`).
 
     Returns
     -------
@@ -414,7 +224,7 @@ def pretrain_tiny(
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if threads is not None:
         torch.set_num_threads(threads)
-    spec = WORLDS[world]
+    spec = world_spec(world)
 
     started = dt.datetime.now(dt.timezone.utc)
     load_before = os.getloadavg()
@@ -456,7 +266,7 @@ def pretrain_tiny(
         "weight_decay": weight_decay,
         "warmup": warmup,
         "images_seen": steps * batch_size,
-        "pool": f"the first {steps * batch_size} images of {spec.pool_name}(n, seed={seed})",
+        "pool": f"the first {steps * batch_size} images of {spec.module}.caption_pool(n, seed={seed})",
         "final_loss": float(np.mean(losses[-50:])),
         "train_wall_seconds": round(train_seconds, 1),
         "train_cpu_seconds": round(train_cpu, 1),
@@ -464,7 +274,7 @@ def pretrain_tiny(
         "machine_note": "shared machine: wall time includes waiting for other jobs; CPU time does not",
         "started_utc": started.isoformat(timespec="seconds"),
         "call": (
-            f"kalahash.pretrain.pretrain_tiny(output={output.name!r}, seed={seed}, steps={steps}, "
+            f"kalahash.worlds.pretrain.pretrain_tiny(output={output.name!r}, seed={seed}, steps={steps}, "
             f"batch_size={batch_size}, lr={lr}, weight_decay={weight_decay}, warmup={warmup}, "
             f"threads={threads}, config={config!r}, world={world!r})"
         ),
@@ -498,9 +308,10 @@ def add_pretrain_tiny_arguments(parser: argparse.ArgumentParser) -> argparse.Arg
     parser.add_argument(
         "--config",
         default=CONFIG,
-        help="model config: tiny-shapes, tiny-objects-s/m/l (default: %(default)s)",
+        help=f"model config: {', '.join(family_text(spec.backbones) for spec in WORLDS.values())} (default: "
+        "%(default)s)",
     )
-    parser.add_argument("--world", default=None, help="shapes or objects10 (default: the config's world)")
+    parser.add_argument("--world", default=None, help=f"{' or '.join(WORLDS)} (default: the config's world)")
     parser.add_argument(
         "--out",
         dest="output",
@@ -530,7 +341,7 @@ def add_pretrain_tiny_arguments(parser: argparse.ArgumentParser) -> argparse.Arg
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m kalahash.pretrain [--steps N ...]``: the same as ``kalahash pretrain-tiny``."""
+    """``python -m kalahash.worlds.pretrain [--steps N ...]``: the same as ``kalahash pretrain-tiny``."""
     parser = add_pretrain_tiny_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     provenance = pretrain_tiny(**vars(parser.parse_args(argv)))
     print(json.dumps({k: v for k, v in provenance.items() if k != "knowledge"}, indent=2))

@@ -1,6 +1,6 @@
 """``objects10``: the second offline world, built after the paper's CIFAR-10 setting.
 
-Why a second world. ``shapes`` (``kalahash.world``) made the machinery testable offline, but its 12
+Why a second world. ``shapes`` (:mod:`kalahash.worlds.shapes`) made the machinery testable offline, but its 12
 class names are compositional (texture x shape), so its class-text knowledge K has effective rank 6,
 and its tiny CLIP has only 4 image blocks. This world keeps what matters in the paper's setting:
 
@@ -31,14 +31,13 @@ some of the time (size 35 %, colour 60 %, texture 60 % or 80 % for "plain", posi
 varied templates: "a fish", "a photo of a big red striped fish.", "a drawing of a key on the
 left.", "an image of a small umbrella", "a cup on a noisy background", "a house and a green tree"
 (70 % single objects, 30 % scenes). Clutter is never named, as backgrounds in web captions are not.
-The downstream prompt "a photo of a {class}." is one of the templates.
+The downstream class prompt (:data:`kalahash.prompts.CLASS_PROMPT`, "a photo of a {class}.") is one of
+the templates.
 
-Disjointness. Pool and downstream images come from different ``SeedSequence`` streams (tag "OBJ1",
-then a stream id and the seed; pool blocks of 1,024 images each from its own child), so they share
-no draws; two images could only coincide if all 3,072 bytes of their noise did.
-``tests/test_objects10.py`` checks it by content hash. Generation uses the legacy MT19937
-``RandomState``, integer arithmetic and basic float operations only (no transcendental functions:
-rotations use a fixed table of cosines), so the same seed gives the same bytes on any machine.
+Disjointness. Pool and downstream images come from different streams (:mod:`kalahash.worlds.toolkit`;
+tag "OBJ1", then a stream id and the seed), so they share no draws (``tests/test_worlds.py`` checks it
+by content hash). Rotations use a fixed table of cosines, so no transcendental function is needed and
+the same seed gives the same bytes on any machine.
 
 What the world is for: a tiny CLIP family (``tiny-objects-s/m/l``, 6 to 12 image blocks) pre-trained
 on it holds class-text knowledge with no words shared between classes, classifies zero-shot far
@@ -49,51 +48,51 @@ absolute mAPs here say nothing about CIFAR-10's, only how methods compare.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from kalahash.data import RetrievalData, register_world
-from kalahash.world import COLOURS, TEXTURES, protocol_splits, randints, seeded_rng, texture_mask
+from kalahash.prompts import CLASS_PROMPT
 
-IMAGE_SIZE = 32
+from .toolkit import (
+    COLOUR_NAMES,
+    COLOURS,
+    GRID,
+    IGRID,
+    IMAGE_SIZE,
+    POOL_BLOCK,
+    STREAM_POOL,
+    TEXTURES,
+    CaptionPool,
+    RetrievalSets,
+    RetrievalSizes,
+    WorldSpec,
+    randints,
+    register_world,
+    seeded_rng,
+    texture_mask,
+)
+
 CLASSNAMES: tuple[str, ...] = (
     "house", "tree", "car", "boat", "fish", "key", "cup", "umbrella", "ladder", "hammer",
 )  # fmt: skip
-COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 SIZES: tuple[str, ...] = ("small", "big")
 POSITIONS: tuple[str, ...] = ("on the left", "on the right", "at the top", "at the bottom", "in the middle")
 SINGLE_TEMPLATES: tuple[str, ...] = (
     "{}", "a photo of {}.", "a picture of {}.", "a drawing of {}.", "an image of {}", "{} on a noisy background",
 )  # fmt: skip
-PROMPT = "a photo of a {}."  # the downstream class prompt (notes: Model), one of the pool's templates
-WORLD_DATASETS: tuple[str, ...] = ("objects10", "objects10-multi")
-
-
-@dataclass(frozen=True)
-class _Split:
-    """Sizes of one retrieval set (module docstring: Protocol)."""
-
-    total: int
-    query_per_class: int
-    train_per_class: int
-    topk: int | None
-
-
-SPLITS: dict[str, _Split] = {
-    "objects10": _Split(total=700 * len(CLASSNAMES), query_per_class=100, train_per_class=500, topk=None),
-    "objects10-multi": _Split(total=10_000, query_per_class=100, train_per_class=500, topk=1000),
+SPLITS: dict[str, RetrievalSizes] = {
+    "objects10": RetrievalSizes(
+        total=700 * len(CLASSNAMES), query_per_class=100, train_per_class=500, topk=None
+    ),
+    "objects10-multi": RetrievalSizes(total=10_000, query_per_class=100, train_per_class=500, topk=1000),
 }
+WORLD_DATASETS: tuple[str, ...] = tuple(SPLITS)
 
 _WORLD_TAG = 0x4F424A31  # "OBJ1": never the shapes world's tag, so no stream is shared with it
-_STREAM_POOL = 1
 _STREAM_IDS = {"objects10": 2, "objects10-multi": 3}
-_POOL_BLOCK = 1024
-_GRID = np.arange(IMAGE_SIZE, dtype=np.float64) + 0.5
-_IGRID = np.arange(IMAGE_SIZE, dtype=np.int64)
 # Rotations of -24 .. 24 degrees in steps of 8: (cos, sin), hard-coded for portability.
 _ROTATIONS = np.array(
     [
@@ -219,8 +218,8 @@ def _paint(rs: np.random.RandomState, canvas: np.ndarray, objs: _Objects) -> Non
     stretch = 0.85 + 0.3 * rs.random_sample(m)
     phase, orient = randints(rs, 0, 12, (m, 2)), randints(rs, 0, 3, m)
     rgb = np.clip(_PALETTE[objs.colour] + randints(rs, -18, 19, (m, 3)), 0, 255).astype(np.int16)
-    dx = (_GRID[None, None, :] - objs.cx[:, None, None]) / objs.radius[:, None, None]
-    dy = (_GRID[None, :, None] - objs.cy[:, None, None]) / objs.radius[:, None, None]
+    dx = (GRID[None, None, :] - objs.cx[:, None, None]) / objs.radius[:, None, None]
+    dy = (GRID[None, :, None] - objs.cy[:, None, None]) / objs.radius[:, None, None]
     cos, sin = rot[:, 0, None, None], rot[:, 1, None, None]
     u = (cos * dx + sin * dy) * flip[:, None, None] / stretch[:, None, None]
     v = (cos * dy - sin * dx) * stretch[:, None, None]
@@ -233,7 +232,7 @@ def _paint(rs: np.random.RandomState, canvas: np.ndarray, objs: _Objects) -> Non
     for t, texture in enumerate(TEXTURES):
         sel = np.flatnonzero(objs.texture == t)
         if sel.size:
-            x, y = _IGRID[None, None, :], _IGRID[None, :, None]
+            x, y = IGRID[None, None, :], IGRID[None, :, None]
             bright[sel] = texture_mask(texture, x, y, phase[sel], orient[sel])
     pixel = np.where(bright[..., None], rgb[:, None, None, :], rgb[:, None, None, :] // 4)
     canvas[objs.image] = np.where(inside[..., None], pixel, canvas[objs.image])
@@ -244,7 +243,7 @@ def _background(rs: np.random.RandomState, n: int) -> np.ndarray:
     grey = randints(rs, 85, 166, (n, 1, 1, 1)) + randints(rs, -12, 13, (n, 1, 1, 3))
     kind = randints(rs, 0, 4, n)[:, None, None, None]
     slope = randints(rs, -8, 9, (n, 1, 1, 1))
-    x, y = _IGRID[None, None, :, None], _IGRID[None, :, None, None]
+    x, y = IGRID[None, None, :, None], IGRID[None, :, None, None]
     ramp = np.where(kind == 1, (x - 16) * slope // 8, np.where(kind == 2, (y - 16) * slope // 8, 0))
     checks = np.where(kind == 3, ((x // 8 + y // 8) % 2) * 12 - 6, 0)
     return (grey + ramp + checks).astype(np.int16)
@@ -259,8 +258,8 @@ def _clutter(rs: np.random.RandomState, canvas: np.ndarray) -> None:
         m = img.size
         kind = randints(rs, 0, 4, m)[:, None, None]
         r = (1.5 + 2.0 * rs.random_sample(m))[:, None, None]
-        dx = _GRID[None, None, :] - (2.0 + 28.0 * rs.random_sample(m))[:, None, None]
-        dy = _GRID[None, :, None] - (2.0 + 28.0 * rs.random_sample(m))[:, None, None]
+        dx = GRID[None, None, :] - (2.0 + 28.0 * rs.random_sample(m))[:, None, None]
+        dy = GRID[None, :, None] - (2.0 + 28.0 * rs.random_sample(m))[:, None, None]
         d2 = dx * dx + dy * dy
         box = np.maximum(np.abs(dx), np.abs(dy))
         bar = np.where(randints(rs, 0, 2, m)[:, None, None] == 1, np.abs(dx), np.abs(dy))
@@ -401,8 +400,8 @@ def _multi_captions(rs: np.random.RandomState, n: int, slots: list[_Objects]) ->
 
 def _pool_block(seed: int, block: int) -> tuple[np.ndarray, list[str]]:
     """One block of the pool: 70 % single objects (classes uniform), 30 % scenes of 2-3 objects."""
-    rs = _rng(_STREAM_POOL, seed, block=block)
-    n = _POOL_BLOCK
+    rs = _rng(STREAM_POOL, seed, block=block)
+    n = POOL_BLOCK
     single = rs.random_sample(n) < 0.7
     images = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     captions = [""] * n
@@ -417,46 +416,24 @@ def _pool_block(seed: int, block: int) -> tuple[np.ndarray, list[str]]:
     return images, captions
 
 
-@functools.lru_cache(maxsize=16)
-def _cached_pool_block(seed: int, block: int) -> tuple[np.ndarray, tuple[str, ...]]:
-    images, captions = _pool_block(seed, block)
-    images.flags.writeable = False
-    return images, tuple(captions)
-
-
-def _check_index(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    return int(value)
-
-
-def caption_pool(n: int, seed: int = 0, start: int = 0) -> tuple[np.ndarray, list[str]]:
-    """Images ``start .. start + n - 1`` of the endless pre-training pool of ``seed``, with captions.
-
-    A fixed sequence per seed in blocks of 1,024 images, each block from its own stream, so any window
-    is reproducible and ``caption_pool(n, s)[0][:m]`` equals ``caption_pool(m, s)[0]``.
-
-    Returns
-    -------
-    images : uint8 (n, 32, 32, 3)
-    captions : n strings such as "a photo of a big red striped fish."
-    """
-    n, seed, start = _check_index("n", n), _check_index("seed", seed), _check_index("start", start)
-    if n == 0:
-        return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), []
-    first, last = start // _POOL_BLOCK, (start + n - 1) // _POOL_BLOCK
-    blocks = [_cached_pool_block(seed, b) for b in range(first, last + 1)]
-    offset = start - first * _POOL_BLOCK
-    images = np.concatenate([b[0] for b in blocks])[offset : offset + n]
-    captions = [c for b in blocks for c in b[1]][offset : offset + n]
-    return np.ascontiguousarray(images), captions
+# captions such as "a photo of a big red striped fish."
+caption_pool = CaptionPool(_pool_block)
 
 
 def caption_words() -> tuple[str, ...]:
     """Every word and punctuation mark a pool caption or the class prompt can contain, sorted: the
     world's vocabulary (the tiny CLIPs store token-embedding rows for these tokens only)."""
     text = " ".join(
-        [*SINGLE_TEMPLATES, PROMPT, *POSITIONS, *CLASSNAMES, *COLOUR_NAMES, *TEXTURES, *SIZES, "an and ,"]
+        [
+            *SINGLE_TEMPLATES,
+            CLASS_PROMPT,
+            *POSITIONS,
+            *CLASSNAMES,
+            *COLOUR_NAMES,
+            *TEXTURES,
+            *SIZES,
+            "an and ,",
+        ]
     )
     return tuple(sorted(set(re.findall(r"[a-z]+|[.,]", text))))
 
@@ -466,49 +443,41 @@ def caption_words() -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_retrieval_data(name: str, seed: int) -> RetrievalData:
-    split = SPLITS[name]
+def _draw(name: str, seed: int) -> tuple[np.random.RandomState, np.ndarray, np.ndarray]:
+    """A retrieval set's images and labels, and the stream that then draws its protocol split."""
     rs = _rng(_STREAM_IDS[name], seed)
-    num_classes = len(CLASSNAMES)
-    chunk = 2048
+    total, num_classes, chunk = SPLITS[name].total, len(CLASSNAMES), 2048
     if name == "objects10":
-        classes = rs.permutation(np.arange(split.total) % num_classes)
+        classes = rs.permutation(np.arange(total) % num_classes)
         images = np.concatenate(
-            [_render_single(rs, classes[i : i + chunk])[0] for i in range(0, split.total, chunk)]
+            [_render_single(rs, classes[i : i + chunk])[0] for i in range(0, total, chunk)]
         )
-        labels = np.eye(num_classes, dtype=np.uint8)[classes]
-    else:
-        parts = [_render_multi(rs, min(chunk, split.total - i)) for i in range(0, split.total, chunk)]
-        images = np.concatenate([p[0] for p in parts])
-        labels = np.zeros((split.total, num_classes), np.uint8)
-        offset = 0
-        for p in parts:
-            for objs in p[1]:
-                labels[offset + objs.image, objs.cls] = 1
-            offset += len(p[0])
-    splits = protocol_splits(rs, name, images, labels, split.query_per_class, split.train_per_class)
-    for part in splits.values():  # the cache hands the same arrays to every caller: no edits
-        part.images.flags.writeable = False
-        part.labels.flags.writeable = False
-    info = {
-        "source": "kalahash.objects10 (generated in memory)",
-        "seed": seed,
-        "protocol": "query per class, database = all but query, train pool per class from the database",
-    }
-    return RetrievalData(name, list(CLASSNAMES), topk=split.topk, info=info, **splits)
+        return rs, images, np.eye(num_classes, dtype=np.uint8)[classes]
+    parts = [_render_multi(rs, min(chunk, total - i)) for i in range(0, total, chunk)]
+    labels = np.zeros((total, num_classes), np.uint8)
+    offset = 0
+    for images, slots in parts:
+        for objs in slots:
+            labels[offset + objs.image, objs.cls] = 1
+        offset += len(images)
+    return rs, np.concatenate([p[0] for p in parts]), labels
 
 
-def make_retrieval_data(name: str, seed: int = 0) -> RetrievalData:
-    """``objects10`` or ``objects10-multi`` in the paper's protocol (module docstring: Protocol).
-
-    Cached in-process: a repeated call returns the same object (its arrays are read-only).
-    """
-    if name not in WORLD_DATASETS:
-        raise ValueError(f"name must be one of {', '.join(WORLD_DATASETS)}, got {name!r}")
-    return _cached_retrieval_data(name, _check_index("seed", seed))
+# ``objects10`` or ``objects10-multi`` in the paper's protocol (module docstring: Protocol):
+# make_retrieval_data(name, seed=0).
+make_retrieval_data = RetrievalSets(__name__, CLASSNAMES, SPLITS, _draw)
 
 
-# Registered at import, so load_dataset("objects10") works; kalahash/__init__ imports this module.
-for _name in WORLD_DATASETS:
-    register_world(_name, make_retrieval_data)
+# Registered at import, so load_dataset("objects10") works; kalahash.worlds imports this module.
+SPEC = register_world(
+    WorldSpec(
+        name="objects10",
+        classnames=CLASSNAMES,
+        sets=make_retrieval_data,
+        caption_pool=caption_pool,
+        borrows={"objects10": "cifar10", "objects10-multi": "nuswide"},  # the paper's sets it imitates
+        backbones=("tiny-objects-s", "tiny-objects-m", "tiny-objects-l"),
+        default_backbone="tiny-objects-m",
+        words=caption_words(),
+    )
+)

@@ -1,0 +1,91 @@
+"""The paper's tables as data: which runs each study makes, and the tidy tables its rows give.
+
+Notebooks take their settings from :func:`study_settings` (``settings``: each study's size per profile,
+:func:`describe_run`), build the arms (``grids``: :func:`main_grid`, :func:`shot_scaling_grid`,
+:func:`ablation_grid`, :func:`knowledge_grid`, :func:`plug_and_play_grid`, :func:`backbone_grid`,
+:func:`embedding_grid`), run them with :func:`run_arms` (a stored result is reused, so a study shares runs
+with the others; a run that diverged is a flagged row) and turn the rows into tables (``tables``:
+:func:`tie_table`, :func:`main_table`, :func:`main_table_wide`, :func:`plug_and_play_table`,
+:func:`knowledge_table`, :func:`backbone_table`). The embedding views of Figure 1 need the trained hashers
+themselves: :mod:`kalahash.views`. Every name is importable from ``kalahash.studies``.
+"""
+
+from .grids import (
+    KIDDO_WEIGHTS,
+    KNOWLEDGE_ARMS,
+    LOSS_WEIGHTS,
+    PLACEMENTS,
+    RANKS,
+    STRENGTHS,
+    Arm,
+    ablation_grid,
+    backbone_grid,
+    backbone_weights,
+    base_config,
+    embedding_grid,
+    knowledge_grid,
+    main_grid,
+    plug_and_play_grid,
+    run_arms,
+    shot_scaling_grid,
+    skipped_backbones,
+)
+from .settings import (
+    ABLATION_TITLES,
+    ABLATIONS,
+    MAIN_BITS,
+    MAIN_DATASETS,
+    PAPER_BACKBONES,
+    PAPER_WEIGHTS,
+    PLUG_LOSSES,
+    SMOKE_BACKBONES,
+    STUDY_SIZES,
+    describe_run,
+    study_settings,
+)
+from .tables import (
+    backbone_table,
+    knowledge_table,
+    main_table,
+    main_table_wide,
+    plug_and_play_table,
+    tie_table,
+)
+
+__all__ = [
+    "ABLATIONS",
+    "ABLATION_TITLES",
+    "KIDDO_WEIGHTS",
+    "KNOWLEDGE_ARMS",
+    "LOSS_WEIGHTS",
+    "MAIN_BITS",
+    "MAIN_DATASETS",
+    "PAPER_BACKBONES",
+    "PAPER_WEIGHTS",
+    "PLACEMENTS",
+    "PLUG_LOSSES",
+    "RANKS",
+    "SMOKE_BACKBONES",
+    "STRENGTHS",
+    "STUDY_SIZES",
+    "Arm",
+    "ablation_grid",
+    "backbone_grid",
+    "backbone_table",
+    "backbone_weights",
+    "base_config",
+    "describe_run",
+    "embedding_grid",
+    "knowledge_grid",
+    "knowledge_table",
+    "main_grid",
+    "main_table",
+    "main_table_wide",
+    "plug_and_play_grid",
+    "plug_and_play_table",
+    "run_arms",
+    "shot_scaling_grid",
+    "skipped_backbones",
+    "study_settings",
+    "tie_table",
+]
