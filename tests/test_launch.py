@@ -42,8 +42,9 @@ BASE = ExperimentConfig(dataset="shapes", backbone="tiny", epochs=2, seed=0)
 
 
 def _comparable(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows without what differs between two runs of the same config: times and when they finished."""
-    varying = [c for c in rows if c.endswith("_seconds") or c == "finished_at"]
+    """Rows without what differs between two runs of the same config: times, when they finished, and the
+    machine they ran on (its thread count: a job's process is not the test's)."""
+    varying = [c for c in rows if c.endswith("_seconds") or c in ("finished_at", "device")]
     return rows.drop(columns=varying).sort_values("config_id").reset_index(drop=True)
 
 
