@@ -95,6 +95,14 @@ def _zero_shot(study: str, base: ExperimentConfig, seeds: Sequence[int]) -> list
     return _arms(study, _label("zeroshot"), base, list(seeds)[:1], method="zeroshot")
 
 
+def _methods_and_reference(study: str, base: ExperimentConfig, settings: Mapping[str, Any]) -> list[Arm]:
+    """Each of the settings' methods over its seeds, labelled by method, then the zero-shot codes."""
+    arms = []
+    for method in settings["methods"]:
+        arms += _arms(study, _label(method), base, settings["seeds"], method=method)
+    return arms + _zero_shot(study, base, settings["seeds"])
+
+
 def main_grid(settings: Mapping[str, Any]) -> list[Arm]:
     """The main table: data sets × bits × shots × methods × seeds, labelled by method, and the zero-shot
     codes of each cell as a reference."""
@@ -104,9 +112,7 @@ def main_grid(settings: Mapping[str, Any]) -> list[Arm]:
         for bits in list_setting("bits", settings["bits"]):
             for shots in settings["shots"]:
                 base = base_config(settings, dataset=dataset, data_root=root, bits=bits, shots=shots)
-                for method in settings["methods"]:
-                    arms += _arms("main", _label(method), base, settings["seeds"], method=method)
-                arms += _zero_shot("main", base, settings["seeds"])
+                arms += _methods_and_reference("main", base, settings)
     return arms
 
 
@@ -279,9 +285,7 @@ def backbone_grid(settings: Mapping[str, Any], bits: int = 16) -> list[Arm]:
     for backbone, weights in backbone_weights(settings).items():
         for shots in settings["shots"]:
             base = base_config(settings, backbone=backbone, pretrained=weights, bits=bits, shots=shots)
-            for method in settings["methods"]:
-                arms += _arms("backbones", _label(method), base, settings["seeds"], method=method)
-            arms += _zero_shot("backbones", base, settings["seeds"])
+            arms += _methods_and_reference("backbones", base, settings)
     return arms
 
 
