@@ -106,6 +106,8 @@ def test_expand_grid_and_summarize():
     assert first["map (mean ± std)"] == "0.2000 ± 0.1000 (n=3)"
     second = table.iloc[1]  # one run: no spread to show
     assert math.isnan(second["std"]) and second["map (mean ± std)"] == "0.5000 (n=1)"
+    same = summarize(rows.assign(map=0.25), by=("shots",)).iloc[0]  # runs that agree: no "± 0.0000"
+    assert same["map (mean ± std)"] == "0.2500 (n=3, all equal)"
 
 
 def test_provenance_names_versions_and_device():

@@ -302,10 +302,13 @@ def run_sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], **kwarg
 
 def mean_text(mean: float, std: float, n: int) -> str:
     """A mean with its spread and its number of runs: "0.2300 ± 0.0100 (n=3)"; one run has no spread
-    to show ("0.2300 (n=1)"); no run with a result reads "no result (n=0)"."""
+    to show ("0.2300 (n=1)"); runs that gave the very same value say so ("53.5443 (n=2, all equal)": a
+    frozen tower's features do not depend on the seed); no run with a result reads "no result (n=0)"."""
     if n == 0:
         return "no result (n=0)"
-    return f"{mean:.4f} ± {std:.4f} (n={n})" if n > 1 else f"{mean:.4f} (n={n})"
+    if n == 1:
+        return f"{mean:.4f} (n=1)"
+    return f"{mean:.4f} (n={n}, all equal)" if std == 0 else f"{mean:.4f} ± {std:.4f} (n={n})"
 
 
 def summarize(
