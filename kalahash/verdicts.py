@@ -60,20 +60,25 @@ def paired_differences(
     chosen = [a for a in (arms or dict.fromkeys(table["_arm"])) if a != baseline and a in wide]
     lines = []
     for arm in chosen:
-        ran = (
-            table.loc[table["_arm"] == arm].set_index([*by, "seed"]).index
-        )  # a diverged run ran, without mAP
+        ran = table.loc[table["_arm"] == arm].set_index([*by, "seed"]).index  # diverged runs too
         diff = (wide[arm] - wide[baseline]).loc[wide.index.isin(ran)]
         groups = diff.groupby(level=by, sort=False) if by else [((), diff)]
         for key, part in groups:
             key = key if isinstance(key, tuple) else (key,)
-            part = part.dropna()  # a run without mAP pairs with nothing, but its setting is listed
-            n = len(part)
-            mean = float(part.mean()) if n else math.nan
-            spread = float(part.std()) if n > 1 else math.nan
-            lines.append({**dict(zip(by, key, strict=True)), "arm": arm, "baseline": baseline,
-                          "mean": mean, "spread": spread, "n": n, "reading": reading(mean, spread, n)})  # fmt: skip
+            # a run without mAP pairs with nothing, but its setting is listed
+            lines.append(
+                {**dict(zip(by, key, strict=True)), "arm": arm, "baseline": baseline, **_stats(part)}
+            )
     return pd.DataFrame(lines, columns=[*by, "arm", "baseline", "mean", "spread", "n", "reading"])
+
+
+def _stats(differences: pd.Series) -> dict[str, Any]:
+    """Paired differences (NaN where a run has no value) as mean, spread (NaN from one), n and reading."""
+    known = differences.dropna()
+    n = len(known)
+    mean = float(known.mean()) if n else math.nan
+    spread = float(known.std()) if n > 1 else math.nan
+    return {"mean": mean, "spread": spread, "n": n, "reading": reading(mean, spread, n)}
 
 
 def reading(mean: float, spread: float, n: int) -> str:
@@ -202,11 +207,8 @@ def _pairs_verdict(claim: Claim, rows: pd.DataFrame, by: Sequence[str], value: s
 
 
 def _seed_difference(wide: pd.DataFrame, a: Any, b: Any) -> dict[str, Any]:
-    """``a`` minus ``b`` (columns of a seed-indexed table), paired by seed: mean, spread, n, reading."""
-    diff = (wide[a] - wide[b]).dropna()
-    n = len(diff)
-    mean, spread = (float(diff.mean()) if n else math.nan), (float(diff.std()) if n > 1 else math.nan)
-    return {"mean": mean, "spread": spread, "n": n, "reading": reading(mean, spread, n)}
+    """``a`` minus ``b`` (columns of a seed-indexed table), paired by seed: :func:`_stats`."""
+    return _stats(wide[a] - wide[b])
 
 
 def _shots_verdict(claim: Claim, rows: pd.DataFrame, by: Sequence[str], value: str) -> tuple[str, str]:
